@@ -1,0 +1,61 @@
+"""The ``resnet-deploy`` command: a thin click layer over the library functions.
+
+Each stage's commands live in their own module here and call plain functions of the stage's library
+module. Errors a user can fix (``UserError``) print one line and exit 2; failed verification exits 1;
+nothing a user does should show a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import progress
+from ..errors import UserError, VerificationError
+
+
+class ResnetDeployGroup(click.Group):
+    """Turns library errors into clean messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except VerificationError as exc:
+            click.echo(f"verification failed: {exc}", err=True)
+            sys.exit(VerificationError.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=ResnetDeployGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (results still print).")
+@click.version_option(package_name="resnet-deploy")
+def main(quiet: bool) -> None:
+    """Train CIFAR ResNets, quantize them to int8, export to ONNX / TensorRT and prove the int8 model
+    is as accurate as FP32 and how much faster it is.
+
+    \b
+    Typical flow:
+      resnet-deploy train --model resnet20 --data-dir DATA --output runs/r20
+      resnet-deploy quantize runs/r20/best.pt --data-dir DATA
+      resnet-deploy export runs/r20/best.pt --int8 calibration/r20
+      resnet-deploy bench --backend onnxruntime --export exports/r20 --data-dir DATA
+    or all of it at once: resnet-deploy pipeline --data-dir DATA
+    """
+    if quiet:
+        progress.set_enabled(False)
+
+
+def _register() -> None:
+    from . import train_commands
+
+    for command in train_commands.COMMANDS:
+        main.add_command(command)
+
+
+_register()

@@ -1,0 +1,125 @@
+"""``train``, ``eval``, ``data`` and ``models``."""
+
+from __future__ import annotations
+
+import click
+
+from .. import progress
+from ..errors import UserError
+from .options import dataset_options, echo_json
+
+
+@click.command()
+@click.option("--model", default="resnet20", show_default=True, help="resnet20/32/44/56/110 (any 6n+2), resnet18/34/50/101/152, or plain<depth>.")
+@click.option("--plain", is_flag=True, help="The plain counterpart: same layers, no shortcuts.")
+@click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-pad identity (default for 6n+2). B: 1x1 projection (default for 18..152).")
+@dataset_options
+@click.option("--output", "-o", default="runs/train", show_default=True, type=click.Path(), help="Run directory: last.pt, best.pt, metrics.jsonl/csv.")
+@click.option("--epochs", default=30, show_default=True, type=int)
+@click.option("--batch-size", default=128, show_default=True, type=int, help="Global batch size (split across ranks under torchrun).")
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Peak learning rate.")
+@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--nesterov", is_flag=True, help="Nesterov momentum for SGD.")
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float, help="Not applied to BN and biases.")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine", "onecycle", "constant"]), default="onecycle", show_default=True, help="multistep is the paper's: /10 at 50% and 75% of the run.")
+@click.option("--milestones", default="0.5,0.75", show_default=True, help="multistep decay points as fractions of the run.")
+@click.option("--gamma", default=0.1, show_default=True, type=float, help="multistep decay factor.")
+@click.option("--warmup-epochs", default=0.0, show_default=True, type=float, help="Linear lr warm-up (the paper warms ResNet110 up).")
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision (bf16/fp16 are for GPUs).")
+@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster with tensor cores).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks.")
+@click.option("--lr-scale", is_flag=True, help="Under torchrun: multiply --lr by the number of ranks.")
+@click.option("--resume", is_flag=True, help="Continue from OUTPUT/last.pt (after a crash, kill or Ctrl-C).")
+def train(load_data, output, milestones, compile_, resume, **options):
+    """Train a CIFAR ResNet. Checkpoints are written atomically every epoch; Ctrl-C saves and stops.
+
+    \b
+    Examples:
+      resnet-deploy train --model resnet20 --data-dir ../shared/datasets/cifar10-jpeg.tar.xz -o runs/r20
+      resnet-deploy train --model resnet56 --schedule multistep --epochs 164 --data-dir DATA
+      resnet-deploy train --dataset synthetic --epochs 1 -o runs/smoke
+    """
+    from ..train import TrainConfig, train as run_training
+    from ..distributed import context_from_environment
+
+    try:
+        fractions = [float(part) for part in milestones.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated fractions, got {milestones!r}", param_hint="--milestones") from None
+    config = TrainConfig(milestones=fractions, compile=compile_, **options)
+    config.validate()
+    with context_from_environment(config) as dist:
+        if not dist.is_main:
+            progress.set_enabled(False)
+        dataset = load_data()
+        config.dataset = dataset.name
+        result = run_training(config, dataset, output, resume=resume, dist=dist)
+        if dist.is_main:
+            echo_json(result)
+
+
+@click.command("eval")
+@click.argument("checkpoint", type=click.Path())
+@dataset_options
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="auto", show_default=True)
+def eval_command(checkpoint, load_data, batch_size, device):
+    """Top-1 (and top-5), loss and images/s of CHECKPOINT on the test split."""
+    from ..checkpoint import check_dataset_matches, load_checkpoint
+    from ..evaluation import evaluate
+    from ..train import resolve_device
+
+    target = resolve_device(device)
+    loaded = load_checkpoint(checkpoint, str(target))
+    dataset = load_data()
+    check_dataset_matches(loaded, dataset.classes, dataset.name)
+    metrics = evaluate(loaded.model, dataset.test_images, dataset.test_labels, loaded.normalization, batch_size, target)
+    echo_json({"checkpoint": str(checkpoint), "model": loaded.spec.to_dict(), "dataset": dataset.name, "device": str(target), **metrics})
+
+
+@click.command()
+@dataset_options
+def data(load_data):
+    """Decode (and cache) a dataset and print what it holds."""
+    echo_json(load_data().describe())
+
+
+@click.command()
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(num_classes, as_json):
+    """List the models with parameter counts and FLOPs (one 32x32 image, multiply-add = 2 FLOPs)."""
+    from ..models import available_models, count_flops, count_parameters, create_model
+
+    rows = []
+    for name in available_models():
+        for plain in (False, True):
+            model = create_model(name, num_classes, plain=plain)
+            rows.append(
+                {
+                    "model": name.replace("resnet", "plain") if plain else name,
+                    "shortcut": "-" if plain else model.shortcut_option,
+                    "params": count_parameters(model),
+                    "gflops": round(count_flops(model) / 1e9, 4),
+                }
+            )
+    if as_json:
+        echo_json(rows)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"resnet-deploy models ({num_classes} classes)")
+    for column in ("model", "shortcut", "params", "GFLOPs"):
+        table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left")
+    for row in rows:
+        table.add_row(row["model"], row["shortcut"], f"{row['params']:,}", f"{row['gflops']:.3f}")
+    Console().print(table)
+
+
+COMMANDS = [train, eval_command, data, models]

@@ -1,0 +1,416 @@
+"""Training: data resident on the device, augmentation on tensors, resumable to the batch.
+
+Reproducibility and resumption rest on one rule: every random draw is a function of
+(seed, epoch, step). The epoch's order is a permutation seeded by (seed, epoch); each batch's
+augmentation uses a generator seeded by (seed, epoch, step). So a run stopped anywhere (kill -9 after
+an epoch checkpoint, or SIGINT/SIGTERM mid-epoch, which saves the batch reached) and resumed gives the
+same weights as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import progress
+from .checkpoint import read_checkpoint, save_checkpoint
+from .data import ImageDataset, augment, normalize, to_tensor_images
+from .errors import UserError
+from .evaluation import evaluate
+from .fileio import ensure_writable_dir, write_json
+from .models import build_model, normalize_spec
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``resnet-deploy train``; saved in each checkpoint."""
+
+    model: str = "resnet20"
+    shortcut: str | None = None
+    plain: bool = False
+    dataset: str = "cifar10"
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run (paper: 32k/48k of 64k its)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    device: str = "auto"
+    eval_batch_size: int = 1000
+    train_subset: int | None = None
+    test_subset: int | None = None
+    lr_scale: bool = False  # multiply lr by world size (linear scaling rule) under DDP
+    sync_bn: bool = False
+
+    def validate(self) -> None:
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if value <= 0:
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
+            raise UserError("--weight-decay and --warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
+        if self.warmup_epochs >= self.epochs:
+            raise UserError(f"--warmup-epochs ({self.warmup_epochs}) must be less than --epochs ({self.epochs})")
+        for name, value, choices in (
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("schedule", self.schedule, SCHEDULES),
+            ("precision", self.precision, PRECISIONS),
+        ):
+            if value not in choices:
+                raise UserError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise UserError(f"--milestones are fractions of the run in (0, 1), got {self.milestones}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:1)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu")
+    return device
+
+
+def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of the base lr at each optimizer step: warm-up, then the chosen schedule."""
+    total = config.epochs * steps_per_epoch
+    warmup = int(config.warmup_epochs * steps_per_epoch)
+    milestones = [int(m * total) for m in config.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_fraction = (step - warmup) / max(1, total - warmup)
+        if config.schedule == "multistep":
+            return config.gamma ** sum(step >= m for m in milestones)
+        if config.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, progress_fraction)))
+        if config.schedule == "onecycle":
+            # Linear ramp to the peak over the first 25% (unless warm-up already did it), then linear
+            # decay to zero: the short-run schedule that fast CIFAR trainers use.
+            if warmup == 0:
+                peak_at = 0.25
+                if progress_fraction < peak_at:
+                    return 0.1 + 0.9 * progress_fraction / peak_at
+                return max(0.0, (1 - progress_fraction) / (1 - peak_at))
+            return max(0.0, 1 - progress_fraction)
+        return 1.0
+
+    return factor
+
+
+def batch_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(batch_seed(seed, epoch, 0x5EED))
+    return torch.randperm(count, generator=generator)
+
+
+@dataclass
+class DistributedContext:
+    """Rank layout; a single process is rank 0 of 1. ``resnet_deploy.distributed`` fills it under torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def wrap(self, model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+        return model
+
+    def barrier(self) -> None:
+        pass
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop saves at the next batch boundary and exits cleanly."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "_StopRequest":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_number is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal_number = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+class TrainingInterrupted(UserError):
+    """Raised after the state was saved because of SIGINT/SIGTERM; exit code 128+signal, as shells do."""
+
+    def __init__(self, signum: int, checkpoint: Path) -> None:
+        super().__init__(f"interrupted by signal {signum}; progress saved to {checkpoint}", hint="continue with --resume")
+        self.exit_code = 128 + signum
+
+
+def train(
+    config: TrainConfig,
+    dataset: ImageDataset,
+    output_dir: str | Path,
+    resume: bool = False,
+    dist: DistributedContext | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Train ``config.model`` on ``dataset``; checkpoints and logs go to ``output_dir``.
+
+    Returns the final metrics. ``on_step(epoch, step)`` is a hook for tests (fault injection).
+    """
+    dist = dist or DistributedContext()
+    config.validate()
+    output_dir = Path(output_dir)
+    if dist.is_main:
+        ensure_writable_dir(output_dir, needed_bytes=64 << 20, what="--output")
+    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
+    device = resolve_device(config.device)
+    if dist.world_size > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+
+    state = read_checkpoint(last_path) if resume and last_path.is_file() else None
+    if resume and state is None:
+        progress.info(f"--resume: no checkpoint at {last_path}, starting fresh")
+    if state is not None:
+        saved = TrainConfig.from_dict(state["train_config"])
+        saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
+        saved.device = config.device
+        config = saved
+    if dataset.num_classes < 2:
+        raise UserError("the dataset must have at least 2 classes")
+
+    torch.manual_seed(config.seed)
+    spec = normalize_spec(config.model, dataset.num_classes, config.plain, config.shortcut)
+    model = build_model(spec)
+    norm = dataset.normalization
+    if state is not None:
+        if state["model"] != spec.to_dict():
+            raise UserError(f"{last_path} holds {state['model']}, not {spec.to_dict()}; use another --output")
+        model.load_state_dict(state["state_dict"])
+        from .data import Normalization
+
+        norm = Normalization.from_dict(state["normalization"])
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    train_model = dist.wrap(model, config, device)
+    if config.compile:
+        train_model = torch.compile(train_model)
+
+    global_batch = config.batch_size
+    local_batch = global_batch // dist.world_size
+    if local_batch * dist.world_size != global_batch:
+        raise UserError(f"--batch-size {global_batch} must be divisible by the number of ranks ({dist.world_size})")
+    num_train = len(dataset.train_images)
+    steps_per_epoch = max(1, num_train // global_batch)
+    base_lr = config.lr * (dist.world_size if config.lr_scale else 1)
+
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim <= 1 else decay).append(param)  # no weight decay on BN and biases
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=base_lr, momentum=config.momentum, nesterov=config.nesterov)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=base_lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16" and device.type == "cuda")
+
+    start_epoch, start_step, best_accuracy, history = 0, 0, 0.0, []
+    partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state and state["scaler"]:
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, start_step = state["epoch"], state.get("step", 0)
+        best_accuracy, history = state.get("best_accuracy", 0.0), list(state.get("history", []))
+        partial = dict(state.get("partial", partial))
+        progress.info(f"resuming {last_path}: epoch {start_epoch + 1}, batch {start_step}")
+
+    train_images = to_tensor_images(dataset.train_images, device)
+    train_labels = torch.from_numpy(dataset.train_labels).to(device)
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
+    dataset_info = {k: v for k, v in dataset.describe().items() if k != "normalization"}
+
+    def payload(epoch: int, step: int) -> dict:
+        return {
+            "model": spec.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "normalization": norm.to_dict(),
+            "dataset": dataset_info,
+            "epoch": epoch,
+            "step": step,
+            "train_config": config.to_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "best_accuracy": best_accuracy,
+            "history": history,
+            "partial": partial,
+            "torch_version": torch.__version__,
+        }
+
+    if dist.is_main:
+        write_json(output_dir / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "dataset": dataset_info})
+    metrics: dict = history[-1] if history else {}
+    with _StopRequest() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            order = epoch_permutation(num_train, config.seed, epoch).to(device)
+            first_step = start_step if epoch == start_epoch else 0
+            if first_step == 0:
+                partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+            with progress.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
+                bar.advance(first_step)
+                for step in range(first_step, steps_per_epoch):
+                    tic = time.perf_counter()
+                    indices = order[step * global_batch : (step + 1) * global_batch]
+                    generator = torch.Generator(device=device).manual_seed(batch_seed(config.seed, epoch, step + 1))
+                    images = augment(train_images[indices], generator)
+                    # Each rank takes its contiguous slice of the global batch: the global batch, and
+                    # so the result, is the same for any number of ranks.
+                    local = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
+                    inputs = normalize(images[local], norm, config.channels_last)
+                    targets = train_labels[indices][local]
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        logits = train_model(inputs)
+                        loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise UserError(
+                            f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {step}",
+                            hint="lower --lr, add --warmup-epochs, or use --precision fp32",
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                    scheduler.step()
+                    sums = dist.all_reduce_sum(
+                        torch.stack([loss.detach() * len(targets), (logits.argmax(1) == targets).sum().float()])
+                    ).tolist()
+                    partial["loss"] += sums[0]
+                    partial["correct"] += int(sums[1])
+                    partial["seen"] += global_batch
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)
+                    partial["time"] += time.perf_counter() - tic
+                    bar.advance(
+                        1,
+                        f"loss {partial['loss'] / partial['seen']:.3f} acc {100 * partial['correct'] / partial['seen']:.1f}% "
+                        f"{partial['seen'] / max(partial['time'], 1e-9):.0f} img/s",
+                    )
+                    if on_step is not None:
+                        on_step(epoch, step)
+                    if stop.signal_number is not None:
+                        if dist.is_main:
+                            save_checkpoint(last_path, payload(epoch, step + 1))
+                        raise TrainingInterrupted(stop.signal_number, last_path)
+            test = evaluate(
+                model, dataset.test_images, dataset.test_labels, norm, config.eval_batch_size, device, config.channels_last
+            )
+            metrics = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": partial["loss"] / max(1, partial["seen"]),
+                "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]),
+                "test_loss": test["loss"],
+                "test_top1": test["top1"],
+                "test_top5": test["top5"],
+                "epoch_time_s": partial["time"],
+                "train_images_per_sec": partial["seen"] / max(partial["time"], 1e-9),
+                "peak_memory_mb": _peak_memory_mb(device),
+            }
+            history.append(metrics)
+            is_best = metrics["test_top1"] > best_accuracy
+            best_accuracy = max(best_accuracy, metrics["test_top1"])
+            if dist.is_main:
+                save_checkpoint(last_path, payload(epoch + 1, 0))
+                if is_best:
+                    save_checkpoint(best_path, payload(epoch + 1, 0))
+                _write_metrics(output_dir, history)
+                progress.info(
+                    f"epoch {epoch + 1}: train loss {metrics['train_loss']:.3f}, test top-1 {metrics['test_top1']:.2f}% "
+                    f"(best {best_accuracy:.2f}%), {metrics['train_images_per_sec']:.0f} img/s"
+                )
+            dist.barrier()
+    return {**metrics, "best_top1": best_accuracy, "checkpoint": str(last_path), "best_checkpoint": str(best_path)}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    except ImportError:  # pragma: no cover - non-Unix
+        return float("nan")
+
+
+def _write_metrics(output_dir: Path, history: list[dict]) -> None:
+    """metrics.jsonl and metrics.csv, rewritten whole from the checkpoint's history each epoch, so
+    a resumed run never duplicates or loses a row."""
+    from .fileio import atomic_write_text
+
+    atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(history[-1]))
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(output_dir / "metrics.csv", buffer.getvalue())
