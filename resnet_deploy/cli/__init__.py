@@ -52,10 +52,11 @@ def main(quiet: bool) -> None:
 
 
 def _register() -> None:
-    from . import train_commands
+    from . import bench_commands, export_commands, quantize_commands, train_commands
 
-    for command in train_commands.COMMANDS:
-        main.add_command(command)
+    for module in (train_commands, quantize_commands, export_commands, bench_commands):
+        for command in module.COMMANDS:
+            main.add_command(command)
 
 
 _register()

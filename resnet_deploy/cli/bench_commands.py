@@ -1,0 +1,3 @@
+"""Commands of the bench stage (filled in by that stage)."""
+
+COMMANDS: list = []

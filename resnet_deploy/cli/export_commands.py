@@ -1,0 +1,3 @@
+"""Commands of the export stage (filled in by that stage)."""
+
+COMMANDS: list = []

@@ -1,0 +1,3 @@
+"""Commands of the quantize stage (filled in by that stage)."""
+
+COMMANDS: list = []
