@@ -12,10 +12,12 @@ to disk), refusing absolute paths, ``..``, links, device files and oversized con
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import pickle
 import tarfile
 import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -38,6 +40,20 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".ppm")
 MAX_ARCHIVE_BYTES = int(os.environ.get("RESNET_DEPLOY_MAX_ARCHIVE_BYTES", str(4 << 30)))
 MAX_MEMBER_BYTES = 64 << 20
 MAX_MEMBERS = 2_000_000
+
+# What the tar/zip/gzip/xz/bz2 readers raise on a truncated or corrupt archive (a partial download is
+# the usual cause). RuntimeError: an encrypted zip member; NotImplementedError: an unknown compression.
+_CORRUPT_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    EOFError,
+    OSError,
+    lzma.LZMAError,
+    zlib.error,
+    RuntimeError,
+    NotImplementedError,
+    ValueError,
+)
 
 
 # torchvision's official sources, kept so online users get the real download with checksums.
@@ -277,7 +293,7 @@ def _cached(name: str, source: Path, decode, cache_dir) -> ImageDataset:
                     data["test_labels"],
                     source=str(source),
                 )
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UserError):
             progress.info(f"cache file {cache_file} is unreadable; decoding again")
     dataset = decode()
     dataset.source = str(source)
@@ -315,6 +331,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        # Protocol-2 pickles written by Python 3 spell bytes as _codecs.encode(str, "latin1"): harmless.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):
@@ -346,14 +364,17 @@ def read_cifar_archive(name: str, location: Path) -> ImageDataset:
             try:
                 data = np.asarray(batch["data"], dtype=np.uint8)
                 images.append(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
-                labels.append(np.asarray(batch[label_key], dtype=np.int64))
-            except (KeyError, ValueError) as exc:
+                labels.append(np.asarray(batch[label_key], dtype=np.int64).reshape(-1))
+            except (KeyError, ValueError, TypeError, OverflowError) as exc:
                 raise UserError(f"{location}:{member} lacks a valid 'data'/'{label_key}' entry: {exc}") from exc
         return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
 
     meta = _unpickle(files[src["meta"][0]], f"{location}:{src['meta'][0]}")
     meta_key = src["meta"][1].decode()
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta.get(meta_key, [])]
+    names = meta.get(meta_key, [])
+    if not isinstance(names, (list, tuple)):
+        raise UserError(f"{location}:{src['meta'][0]} lacks a valid '{meta_key}' list")
+    classes = [c.decode("utf-8", "replace") if isinstance(c, bytes) else str(c) for c in names]
     train_images, train_labels = split(src["train"])
     test_images, test_labels = split(src["test"])
     return ImageDataset(name, classes, train_images, train_labels, test_images, test_labels, source=str(location))
@@ -419,7 +440,7 @@ def _archive_members(archive: Path) -> Iterator[tuple[PurePosixPath, "callable"]
     if archive.name.endswith(".zip"):
         try:
             zf = zipfile.ZipFile(archive)
-        except zipfile.BadZipFile as exc:
+        except _CORRUPT_ARCHIVE_ERRORS as exc:
             raise UserError(f"{archive} is not a valid zip archive: {exc}") from exc
         with zf:
             for info in zf.infolist():
@@ -429,12 +450,14 @@ def _archive_members(archive: Path) -> Iterator[tuple[PurePosixPath, "callable"]
                     raise UserError(f"archive {archive} was refused: member {info.filename!r} is a link or special file")
                 if info.is_dir():
                     continue
+                if info.flag_bits & 0x1:
+                    raise UserError(f"archive {archive} was refused: member {info.filename!r} is encrypted")
                 account(info.filename, info.file_size)
-                yield member, (lambda info=info: _bounded_read(zf.open(info), info.file_size, archive))
+                yield member, (lambda info=info: _bounded_read(lambda: zf.open(info), info.file_size, archive, info.filename))
         return
     try:
         tf = tarfile.open(archive, "r:*")
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except _CORRUPT_ARCHIVE_ERRORS as exc:
         raise UserError(f"{archive} is not a readable tar archive: {exc}") from exc
     with tf:
         try:
@@ -446,16 +469,24 @@ def _archive_members(archive: Path) -> Iterator[tuple[PurePosixPath, "callable"]
                     kind = "link" if (info.issym() or info.islnk()) else "device or special file"
                     raise UserError(f"archive {archive} was refused: member {info.name!r} is a {kind}")
                 account(info.name, info.size)
-                yield member, (lambda info=info: _bounded_read(tf.extractfile(info), info.size, archive))
-        except (tarfile.TarError, EOFError, OSError) as exc:
+                yield member, (lambda info=info: _bounded_read(lambda: tf.extractfile(info), info.size, archive, info.name))
+        except _CORRUPT_ARCHIVE_ERRORS as exc:
             raise UserError(f"{archive} is corrupt or truncated: {exc}") from exc
 
 
-def _bounded_read(handle, declared: int, archive: Path) -> bytes:
-    with handle:
-        data = handle.read(declared + 1)
+def _bounded_read(open_member, declared: int, archive: Path, name: str) -> bytes:
+    """Read one member, never more than it declares; decoder errors become a clear message.
+
+    Members are read by the caller between iterations, outside the iteration's own error handling,
+    so a truncated or corrupt archive must be caught here too.
+    """
+    try:
+        with open_member() as handle:
+            data = handle.read(declared + 1)
+    except _CORRUPT_ARCHIVE_ERRORS as exc:
+        raise UserError(f"{archive} is corrupt or truncated (at member {name!r}): {exc}") from exc
     if len(data) > declared:
-        raise UserError(f"archive {archive} was refused: a member is larger than it declares")
+        raise UserError(f"archive {archive} was refused: member {name!r} is larger than it declares")
     return data
 
 
@@ -468,11 +499,23 @@ def _split_and_class(path: PurePosixPath) -> tuple[str, str] | None:
 
 
 def _folder_members(root: Path) -> Iterator[tuple[PurePosixPath, "callable"]]:
-    for file in sorted(root.rglob("*")):
+    def read(file: Path) -> bytes:
+        try:
+            if file.stat().st_size > MAX_MEMBER_BYTES:
+                raise UserError(f"data dir {root} was refused: {file} is larger than {MAX_MEMBER_BYTES >> 20} MiB")
+            return file.read_bytes()
+        except OSError as exc:
+            raise UserError(f"cannot read {file}: {exc.strerror or exc}") from exc
+
+    try:
+        files = sorted(root.rglob("*"))
+    except OSError as exc:
+        raise UserError(f"cannot list data dir {root}: {exc.strerror or exc}") from exc
+    for file in files:
         if file.is_symlink():
             raise UserError(f"data dir {root} was refused: {file} is a symbolic link")
         if file.is_file():
-            yield PurePosixPath(file.relative_to(root).as_posix()), file.read_bytes
+            yield PurePosixPath(file.relative_to(root).as_posix()), (lambda file=file: read(file))
 
 
 def read_image_folder(source: Path, name: str = "imagefolder") -> ImageDataset:
@@ -518,8 +561,12 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
             if image.size != (IMAGE_SIZE, IMAGE_SIZE):
                 raise UserError(f"{where} is {image.size[0]}x{image.size[1]}; images must be {IMAGE_SIZE}x{IMAGE_SIZE}")
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"{where} is not a readable image: {exc}") from exc
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's decoders raise many types on malformed files
+        # (UnidentifiedImageError, OSError, ValueError, SyntaxError, DecompressionBombError, ...);
+        # every one means the same thing to the user: this file is not a usable image.
+        raise UserError(f"{where} is not a readable image: {type(exc).__name__}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------------------------- synthetic

@@ -28,10 +28,12 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .data import ImageDataset, augment, normalize, to_tensor_images
 from .errors import UserError
 from .evaluation import evaluate
-from .fileio import ensure_writable_dir, write_json
+from .fileio import ensure_writable_dir, remove_stale_temporaries, write_json
 from .models import build_model, normalize_spec
 
 OPTIMIZERS = ("sgd", "adamw")
+_OUTPUT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
+_RESUME_KEYS = ("train_config", "optimizer", "scheduler", "epoch", "dataset")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -74,8 +76,22 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.label_smoothing < 1:
-            raise UserError("--weight-decay and --warmup-epochs must be >= 0 and --label-smoothing in [0, 1)")
+        # Each float option is checked for NaN/inf too: click accepts "nan" and "inf" as floats, and
+        # either would only surface later as a diverged run or a crash inside the optimizer.
+        for name, value, low, high, accepted in (
+            ("weight-decay", self.weight_decay, 0.0, math.inf, ">= 0"),
+            ("momentum", self.momentum, 0.0, 1.0, "in [0, 1)"),
+            ("warmup-epochs", self.warmup_epochs, 0.0, math.inf, ">= 0"),
+            ("gamma", self.gamma, 0.0, 1.0, "in (0, 1]"),
+            ("label-smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1)"),
+        ):
+            in_range = math.isfinite(value) and low <= value and (value <= high if name == "gamma" else value < high)
+            if not in_range or (name == "gamma" and value == 0):
+                raise UserError(f"--{name} must be a finite number {accepted}, got {value}")
+        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
+            raise UserError("--nesterov needs --momentum > 0")
+        if not 0 <= self.seed < 2**32:
+            raise UserError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
         if self.warmup_epochs >= self.epochs:
             raise UserError(f"--warmup-epochs ({self.warmup_epochs}) must be less than --epochs ({self.epochs})")
         for name, value, choices in (
@@ -102,10 +118,14 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, TypeError) as exc:
         raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:1)") from exc
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"--device {name!r} is not supported (use auto, cpu, cuda, cuda:1)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0.. only")
     return device
 
 
@@ -153,6 +173,9 @@ class DistributedContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    restart_count: int = 0  # torchrun restarts so far: > 0 means resume from last.pt, --resume or not
+    max_restarts: int = 0  # restarts torchrun allows: > 0 makes a fresh run checkpoint its starting state
+    step_hook: Callable[[int, int], None] | None = None  # called like on_step (test-only fault injection)
 
     @property
     def is_main(self) -> bool:
@@ -166,6 +189,10 @@ class DistributedContext:
 
     def barrier(self) -> None:
         pass
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank."""
+        return obj
 
 
 class _StopRequest:
@@ -218,15 +245,43 @@ def train(
     output_dir = Path(output_dir)
     if dist.is_main:
         ensure_writable_dir(output_dir, needed_bytes=64 << 20, what="--output")
+        # A kill -9 mid-write leaves a temporary file next to its target (the target itself is intact):
+        # remove those so repeated kills do not fill the disk.
+        remove_stale_temporaries(output_dir, _OUTPUT_FILES)
     last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
     device = resolve_device(config.device)
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
 
-    state = read_checkpoint(last_path) if resume and last_path.is_file() else None
+    # A torchrun restart (--max-restarts) resumes by itself. Only rank 0 reads the checkpoint; every
+    # rank gets its content, so all agree on where to resume and no shared filesystem is needed.
+    resume = resume or dist.restart_count > 0
+    state, problem = None, None
+    if dist.is_main and resume and last_path.is_file():
+        try:
+            state = read_checkpoint(last_path)
+        except UserError as exc:
+            problem = (exc.args[0], exc.hint)
+    state, problem = dist.broadcast_object((state, problem))
+    if problem is not None:
+        raise UserError(problem[0], hint=problem[1])
     if resume and state is None:
         progress.info(f"--resume: no checkpoint at {last_path}, starting fresh")
     if state is not None:
+        lacking = [key for key in _RESUME_KEYS if key not in state]
+        if lacking:
+            raise UserError(
+                f"--resume: {last_path} is not a training checkpoint (it lacks {', '.join(lacking)})",
+                hint="start the run in another --output",
+            )
+        saved_data = state["dataset"]
+        if saved_data.get("classes") != dataset.classes or saved_data.get("train_size") != len(dataset.train_images):
+            raise UserError(
+                f"--resume: {last_path} was trained on {saved_data.get('name')} ({saved_data.get('train_size')} training "
+                f"images, {len(saved_data.get('classes') or [])} classes), not on this {dataset.name} "
+                f"({len(dataset.train_images)} images, {dataset.num_classes} classes)",
+                hint="resume with the same --dataset, --data-dir and --train-subset, or use another --output",
+            )
         saved = TrainConfig.from_dict(state["train_config"])
         saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
         saved.device = config.device
@@ -257,7 +312,15 @@ def train(
     if local_batch * dist.world_size != global_batch:
         raise UserError(f"--batch-size {global_batch} must be divisible by the number of ranks ({dist.world_size})")
     num_train = len(dataset.train_images)
+    if global_batch > num_train:
+        raise UserError(f"--batch-size {global_batch} is larger than the {num_train} training images; use at most {num_train}")
     steps_per_epoch = max(1, num_train // global_batch)
+    if dist.is_main:
+        # Room for last.pt, best.pt and the temporary copy written while one is replaced, checked now
+        # rather than when the first epoch ends. Optimizer state: SGD keeps one buffer per weight, AdamW two.
+        weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        checkpoint_bytes = weight_bytes * (2 if config.optimizer == "sgd" else 3)
+        ensure_writable_dir(output_dir, needed_bytes=3 * checkpoint_bytes + (16 << 20), what="--output")
     base_lr = config.lr * (dist.world_size if config.lr_scale else 1)
 
     decay, no_decay = [], []
@@ -303,11 +366,16 @@ def train(
             "best_accuracy": best_accuracy,
             "history": history,
             "partial": partial,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),
         }
 
     if dist.is_main:
         write_json(output_dir / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "dataset": dataset_info})
+        if state is None and dist.max_restarts > 0:
+            # Under torchrun with restarts, a restart before the first epoch ends must find this run's
+            # starting state, never a last.pt left in OUTPUT by an earlier run.
+            save_checkpoint(last_path, payload(0, 0))
+    step_hooks = [hook for hook in (on_step, dist.step_hook) if hook is not None]
     metrics: dict = history[-1] if history else {}
     with _StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
@@ -355,8 +423,8 @@ def train(
                         f"loss {partial['loss'] / partial['seen']:.3f} acc {100 * partial['correct'] / partial['seen']:.1f}% "
                         f"{partial['seen'] / max(partial['time'], 1e-9):.0f} img/s",
                     )
-                    if on_step is not None:
-                        on_step(epoch, step)
+                    for hook in step_hooks:
+                        hook(epoch, step)
                     if stop.signal_number is not None:
                         if dist.is_main:
                             save_checkpoint(last_path, payload(epoch, step + 1))
@@ -380,10 +448,12 @@ def train(
             is_best = metrics["test_top1"] > best_accuracy
             best_accuracy = max(best_accuracy, metrics["test_top1"])
             if dist.is_main:
-                save_checkpoint(last_path, payload(epoch + 1, 0))
+                # last.pt is written last: it is the commit point. A kill before it leaves the previous
+                # last.pt, --resume redoes this epoch (same result) and rewrites best.pt and the metrics.
                 if is_best:
                     save_checkpoint(best_path, payload(epoch + 1, 0))
                 _write_metrics(output_dir, history)
+                save_checkpoint(last_path, payload(epoch + 1, 0))
                 progress.info(
                     f"epoch {epoch + 1}: train loss {metrics['train_loss']:.3f}, test top-1 {metrics['test_top1']:.2f}% "
                     f"(best {best_accuracy:.2f}%), {metrics['train_images_per_sec']:.0f} img/s"
