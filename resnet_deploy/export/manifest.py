@@ -1,0 +1,138 @@
+"""``exports/<run-name>/manifest.json``: what an export directory holds, for every later stage.
+
+Schema (version 1), documented for users in ``exports/README.md``::
+
+    {"format": "resnet-deploy/export", "version": 1,
+     "created": ISO time, "resnet_deploy_version": str,
+     "checkpoint": {"path", "sha256"}, "model": spec dict, "normalization": {"mean", "std"},
+     "classes": [...], "input_name": "input", "output_name": "logits",
+     "quantization": null | {"artifact_dir", "target"},
+     "artifacts": [
+        {"kind": "onnx", "precision": "fp32"|"fp16"|"int8", "scheme": null|"tensorrt"|"cpu",
+         "path", "sha256", "dynamic_batch", "static_batch", "opset", "simplifier", "export_seconds",
+         "op_counts", "parity": {...}},
+        {"kind": "tensorrt", "precision", "path", "sidecar", "sha256", "onnx", "min_batch", "opt_batch",
+         "max_batch", "compute_capability", "flavour", "tensorrt_version", "build_seconds"}],
+     "skipped": [{"kind", "precision", "reason"}]}
+
+Paths inside the file are relative to the export directory, so the directory can be moved or copied
+to the deployment machine as a whole.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+
+from ..errors import UserError
+from ..fileio import read_json, sha256_file, write_json
+
+FORMAT = "resnet-deploy/export"
+VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ARTIFACT_KINDS = ("onnx", "tensorrt")
+_PATH_KEYS = ("path", "sidecar", "onnx")
+_REQUIRED = {
+    "onnx": ("precision", "path", "sha256", "dynamic_batch", "opset"),
+    "tensorrt": ("precision", "path", "sidecar", "sha256", "onnx", "min_batch", "opt_batch", "max_batch", "flavour"),
+}
+
+
+def new_manifest(*, checkpoint_path: str | os.PathLike, checkpoint_sha256: str, spec: dict, normalization: dict,
+                 classes: list[str], input_name: str, output_name: str) -> dict:
+    from .. import __version__
+
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "resnet_deploy_version": __version__,
+        "checkpoint": {"path": str(checkpoint_path), "sha256": checkpoint_sha256},
+        "model": spec,
+        "normalization": normalization,
+        "classes": list(classes),
+        "input_name": input_name,
+        "output_name": output_name,
+        "quantization": None,
+        "artifacts": [],
+        "skipped": [],
+    }
+
+
+def add_artifact(manifest: dict, entry: dict) -> None:
+    """Add ``entry``, replacing an earlier one with the same path (a re-export of the same file)."""
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
+
+
+def add_skipped(manifest: dict, kind: str, precision: str | None, reason: str) -> None:
+    manifest.setdefault("skipped", []).append({"kind": kind, "precision": precision, "reason": reason})
+
+
+def relative_to(export_dir: str | os.PathLike, path: str | os.PathLike) -> str:
+    return Path(os.path.relpath(Path(path).resolve(), Path(export_dir).resolve())).as_posix()
+
+
+def write_manifest(export_dir: str | os.PathLike, manifest: dict) -> Path:
+    path = Path(export_dir) / MANIFEST_NAME
+    write_json(path, manifest)
+    return path
+
+
+def load_manifest(export_dir: str | os.PathLike, verify_hashes: bool = True) -> dict:
+    """Read and validate ``<export_dir>/manifest.json``.
+
+    Returns the manifest with ``export_dir`` added (absolute) and every artifact's ``path``, ``sidecar``
+    and ``onnx`` turned into absolute paths (strings). With ``verify_hashes`` each artifact's sha256 is
+    recomputed: a missing or changed file is a UserError naming it, so nothing runs on a file that is
+    not the one that was checked.
+    """
+    export_dir = Path(export_dir)
+    manifest_path = export_dir / MANIFEST_NAME if export_dir.is_dir() or not export_dir.name.endswith(".json") else export_dir
+    if manifest_path.name.endswith(".json") and manifest_path != export_dir / MANIFEST_NAME:
+        export_dir = manifest_path.parent
+    if not manifest_path.is_file():
+        raise UserError(f"no export manifest at {manifest_path}", hint="create one with: resnet-deploy export CHECKPOINT")
+    manifest = read_json(manifest_path, "export manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise UserError(f"{manifest_path} is not a resnet-deploy export manifest (no '{FORMAT}' format tag)")
+    if not isinstance(manifest.get("version"), int) or manifest["version"] > VERSION:
+        raise UserError(f"{manifest_path} has manifest version {manifest.get('version')!r}; this resnet-deploy reads <= {VERSION}")
+    for key in ("checkpoint", "model", "normalization", "classes", "input_name", "output_name", "artifacts"):
+        if key not in manifest:
+            raise UserError(f"{manifest_path} lacks {key!r}")
+    root = export_dir.resolve()
+    manifest["export_dir"] = str(root)
+    for index, artifact in enumerate(manifest["artifacts"]):
+        kind = artifact.get("kind")
+        if kind not in ARTIFACT_KINDS:
+            raise UserError(f"{manifest_path}: artifact {index} has unknown kind {kind!r}")
+        missing = [key for key in _REQUIRED[kind] if key not in artifact]
+        if missing:
+            raise UserError(f"{manifest_path}: {kind} artifact {index} lacks {', '.join(missing)}")
+        for key in _PATH_KEYS:
+            if artifact.get(key):
+                resolved = (root / artifact[key]).resolve()
+                if root not in resolved.parents:
+                    raise UserError(f"{manifest_path}: artifact path {artifact[key]!r} points outside the export directory")
+                artifact[key] = str(resolved)
+        if verify_hashes:
+            path = Path(artifact["path"])
+            if not path.is_file():
+                raise UserError(f"{manifest_path}: {kind} {artifact['precision']} artifact {path} is missing")
+            digest = sha256_file(path)
+            if digest != artifact["sha256"]:
+                raise UserError(
+                    f"{path} changed since export (sha256 {digest[:12]}..., manifest says {artifact['sha256'][:12]}...)",
+                    hint="export again; never edit exported files in place",
+                )
+    return manifest
+
+
+def find_artifact(manifest: dict, kind: str, precision: str, scheme: str | None = None) -> dict | None:
+    """The first artifact of that kind and precision (and int8 scheme, when given)."""
+    for artifact in manifest["artifacts"]:
+        if artifact["kind"] == kind and artifact["precision"] == precision:
+            if scheme is None or artifact.get("scheme") in (None, scheme):
+                return artifact
+    return None

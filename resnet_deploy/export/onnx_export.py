@@ -1,0 +1,373 @@
+"""PyTorch -> ONNX: the torch.export-based exporter, BN folded, simplified, checked, with metadata.
+
+Every ONNX file resnet-deploy writes has one float32 input ``input`` (N, 3, 32, 32), normalised with the
+model's stored mean/std, and one float32 output ``logits`` (N, classes). FP16 files keep that float32
+interface and cast at the edges (one Cast in, one out), so every runner feeds them the same arrays.
+
+Why the steps are in this order:
+
+1. BatchNorm is folded into the convolutions in PyTorch, in float32, before export (``fold_batchnorm``):
+   the graph then has no BatchNormalization at all whatever the exporter version does, and FP16 weights
+   are rounded once from the folded float32 values instead of folding already-rounded half values.
+2. ``torch.onnx.export(..., dynamo=True)``: the exporter built on torch.export, which also handles the
+   PT2E int8 models (their Q/DQ ops become QuantizeLinear/DequantizeLinear).
+3. onnxsim (onnxslim when onnxsim is not installed) simplifies the graph; for Q/DQ graphs constant
+   folding is kept off so weight DequantizeLinear nodes survive (TensorRT needs them to run int8).
+4. ``onnx.checker.check_model(full_check=True)`` (which includes strict shape inference) and our own
+   checks: the I/O names, no training-only ops left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError, VerificationError
+from ..fileio import atomic_path, sha256_file
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+# The lowest opset the torch.export-based exporter implements (it refuses to down-convert Pad to 17),
+# and one TensorRT 10 / TensorRT-RTX and ONNX Runtime >= 1.14 all read.
+DEFAULT_OPSET = 18
+MIN_OPSET = 18
+MAX_OPSET = 23
+PRECISIONS = ("fp32", "fp16", "int8")
+INT8_SCHEMES = ("tensorrt", "cpu")
+METADATA_PREFIX = "resnet_deploy."
+# Ops that only make sense while training, or that a folded inference graph must not contain.
+TRAINING_ONLY_OPS = frozenset({"BatchNormalization", "Dropout", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"})
+# Example batch used to trace: 2, because torch.export specialises a dimension of size 1.
+TRACE_BATCH = 2
+
+
+@dataclass
+class ExportInfo:
+    """What a model is, stored in the ONNX metadata props and in the manifest."""
+
+    spec: dict
+    normalization: dict
+    classes: list[str]
+    checkpoint_sha256: str
+    precision: str = "fp32"
+    scheme: str | None = None
+
+    def metadata_props(self) -> dict[str, str]:
+        """Key/value strings for ``ModelProto.metadata_props`` (JSON for anything that is not a string)."""
+        props = {
+            "input_name": INPUT_NAME,
+            "output_name": OUTPUT_NAME,
+            "input_layout": "NCHW float32, RGB 32x32, (pixel/255 - mean) / std",
+            "normalization_mean": json.dumps(list(self.normalization["mean"])),
+            "normalization_std": json.dumps(list(self.normalization["std"])),
+            "classes": json.dumps(list(self.classes)),
+            "model_spec": json.dumps(self.spec, sort_keys=True),
+            "precision": self.precision,
+            "scheme": self.scheme or "",
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+        return {METADATA_PREFIX + key: value for key, value in props.items()}
+
+
+@dataclass
+class OnnxExport:
+    """The result of one ``export_onnx`` call."""
+
+    path: Path
+    precision: str
+    scheme: str | None
+    dynamic_batch: bool
+    static_batch: int | None
+    opset: int
+    sha256: str
+    simplifier: str | None
+    export_seconds: float
+    op_counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["path"] = str(self.path)
+        return data
+
+
+# --------------------------------------------------------------------------------------------- PyTorch side
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval mode) with every Conv2d -> BatchNorm2d pair folded into one Conv2d.
+
+    Works on any module torch.fx can trace; a BatchNorm whose input is not a convolution used only by
+    it is left alone (and the export check then reports it).
+    """
+    import torch.fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model = copy.deepcopy(model).eval()
+    traced = torch.fx.symbolic_trace(model)
+    modules = dict(traced.named_modules())
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module"):
+            continue
+        conv = modules.get(source.target)
+        if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
+            continue
+        fused = fuse_conv_bn_eval(conv, modules[node.target])
+        _set_submodule(traced, source.target, fused)
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced.eval()
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent_name, _, name = target.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, name, module)
+
+
+class HalfPrecisionModel(nn.Module):
+    """Runs ``model`` in float16 behind a float32 interface: cast in, compute in half, cast out."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.half()).float()
+
+
+def prepare_for_export(model: nn.Module, precision: str) -> nn.Module:
+    """The float model as it will be exported: BN folded, and for fp16 wrapped in half precision."""
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"prepare_for_export handles fp32/fp16, not {precision}")
+    folded = fold_batchnorm(model)
+    return HalfPrecisionModel(folded).eval() if precision == "fp16" else folded
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def check_opset(opset: int) -> int:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(
+            f"--opset {opset} is not supported; choose {MIN_OPSET}..{MAX_OPSET}",
+            hint=f"{MIN_OPSET} is the lowest the torch.export-based exporter writes (it cannot express Pad in 17); "
+            "TensorRT 10 and ONNX Runtime read it",
+        )
+    return opset
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter prints progress lines and warnings about its own internals; keep them off the console."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_onnx(
+    module: nn.Module,
+    path: str | os.PathLike,
+    info: ExportInfo,
+    *,
+    dynamic_batch: bool = True,
+    static_batch: int | None = None,
+    opset: int = DEFAULT_OPSET,
+    simplify: bool = True,
+    prepared: bool = False,
+) -> OnnxExport:
+    """Export ``module`` to ONNX at ``path`` (atomically) and check the file.
+
+    ``module``: for fp32/fp16 the PyTorch float model (BN is folded and fp16 applied here unless
+    ``prepared``); for int8 the converted PT2E module from ``resnet_deploy.quantize`` (already Q/DQ).
+    ``dynamic_batch``: a symbolic batch dimension (any size >= 1); otherwise the batch is fixed to
+    ``static_batch``. The file gets ``info``'s metadata props. Raises VerificationError when the
+    exported graph fails the checks (training-only ops left, wrong names), UserError for bad options.
+    """
+    check_opset(opset)
+    if info.precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {info.precision!r}")
+    if info.precision == "int8" and info.scheme not in INT8_SCHEMES:
+        raise UserError(f"int8 export needs a scheme ({', '.join(INT8_SCHEMES)}), got {info.scheme!r}")
+    if not dynamic_batch and (static_batch is None or static_batch < 1):
+        raise UserError("a static-shape export needs --static-batch N with N >= 1")
+    import onnx
+
+    path = Path(path)
+    start = time.perf_counter()
+    if info.precision in ("fp32", "fp16") and not prepared:
+        module = prepare_for_export(module, info.precision)
+    example = torch.zeros(TRACE_BATCH if dynamic_batch else static_batch, 3, 32, 32)
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=dynamic_shapes,
+                opset_version=opset,
+                optimize=True,
+                verbose=False,
+                external_data=False,
+            )
+    except Exception as exc:  # the exporter raises many kinds; all mean the same to the user
+        raise VerificationError(f"ONNX export of the {info.precision} model failed: {str(exc).splitlines()[0]}") from exc
+    model_proto = program.model_proto
+    simplifier = None
+    if simplify:
+        model_proto, simplifier = simplify_model(model_proto, keep_qdq=info.precision == "int8")
+    _set_metadata(model_proto, info)
+    with atomic_path(path) as tmp:
+        onnx.save_model(model_proto, str(tmp))
+        checked = verify_onnx_file(tmp)
+        problems = graph_problems(checked, info.precision)
+        if problems:
+            raise VerificationError(f"exported {info.precision} ONNX graph fails checks: {'; '.join(problems)}")
+    opset_found = _default_opset(checked)
+    return OnnxExport(
+        path=path,
+        precision=info.precision,
+        scheme=info.scheme,
+        dynamic_batch=dynamic_batch,
+        static_batch=None if dynamic_batch else static_batch,
+        opset=opset_found,
+        sha256=sha256_file(path),
+        simplifier=simplifier,
+        export_seconds=round(time.perf_counter() - start, 3),
+        op_counts=dict(sorted(Counter(node.op_type for node in checked.graph.node).items())),
+    )
+
+
+def simplify_model(model_proto, keep_qdq: bool = False):
+    """Simplify with onnxsim, or onnxslim when onnxsim is not installed. Returns (model, tool name).
+
+    With ``keep_qdq`` constant folding is disabled: folding would turn ``DequantizeLinear(int8 weight)``
+    into a float weight, and TensorRT then runs that convolution in float instead of int8.
+    """
+    try:
+        import onnxsim
+    except ImportError:
+        onnxsim = None
+    if onnxsim is not None:
+        kwargs: dict[str, Any] = {"skip_constant_folding": True} if keep_qdq else {}
+        simplified, ok = onnxsim.simplify(model_proto, **kwargs)
+        if not ok:
+            raise VerificationError("onnxsim could not validate the simplified model against the original")
+        return simplified, f"onnxsim {getattr(onnxsim, '__version__', '')}".strip()
+    try:
+        import onnxslim
+    except ImportError:
+        return model_proto, None
+    kwargs = {"no_constant_folding": True} if keep_qdq else {}
+    return onnxslim.slim(model_proto, **kwargs), f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
+
+
+def _set_metadata(model_proto, info: ExportInfo) -> None:
+    props = info.metadata_props()
+    kept = [p for p in model_proto.metadata_props if p.key not in props]
+    del model_proto.metadata_props[:]
+    model_proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        entry = model_proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    model_proto.doc_string = (
+        f"resnet-deploy {info.spec.get('name', '')} {info.precision}"
+        + (f" ({info.scheme} int8 scheme)" if info.scheme else "")
+        + f": input '{INPUT_NAME}' float32 NCHW normalised, output '{OUTPUT_NAME}'"
+    )
+
+
+def _default_opset(model_proto) -> int:
+    for entry in model_proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- checks
+
+
+def verify_onnx_file(path: str | os.PathLike, expected_input: str = INPUT_NAME, expected_output: str = OUTPUT_NAME):
+    """Load an ONNX file and check it: ``onnx.checker`` full check (strict shape inference included),
+    one input and one output with the expected names. Returns the ModelProto; UserError if bad."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX file not found: {path}")
+    try:
+        model_proto = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise UserError(f"{path} is not a readable ONNX file (corrupt or truncated): {str(exc).splitlines()[0]}") from exc
+    if not model_proto.graph.node:
+        raise UserError(f"{path} is not a usable ONNX model: its graph has no nodes (corrupt or not ONNX)")
+    try:
+        onnx.checker.check_model(model_proto, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise UserError(f"{path} fails the ONNX checker: {str(exc).strip().splitlines()[0]}") from exc
+    inputs = [i.name for i in model_proto.graph.input if i.name not in {t.name for t in model_proto.graph.initializer}]
+    outputs = [o.name for o in model_proto.graph.output]
+    if inputs != [expected_input] or outputs != [expected_output]:
+        raise UserError(
+            f"{path} has inputs {inputs} and outputs {outputs}; expected ['{expected_input}'] and ['{expected_output}']"
+        )
+    return model_proto
+
+
+def graph_problems(model_proto, precision: str) -> list[str]:
+    """What is wrong with an exported inference graph (empty when it is fine)."""
+    problems = []
+    ops = Counter(node.op_type for node in model_proto.graph.node)
+    leftovers = sorted(op for op in ops if op in TRAINING_ONLY_OPS)
+    if leftovers:
+        problems.append(f"training-only / unfolded ops left: {', '.join(leftovers)}")
+    for node in model_proto.graph.node:
+        for attribute in node.attribute:
+            if attribute.name == "training_mode" and attribute.i:
+                problems.append(f"node {node.name or node.op_type} runs in training mode")
+    if precision == "int8" and not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
+        problems.append("int8 graph has no QuantizeLinear/DequantizeLinear pairs")
+    return problems
+
+
+def read_metadata(model_proto) -> dict[str, Any]:
+    """The resnet-deploy metadata props of a model, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for entry in model_proto.metadata_props:
+        if not entry.key.startswith(METADATA_PREFIX):
+            continue
+        key = entry.key.removeprefix(METADATA_PREFIX)
+        try:
+            out[key] = json.loads(entry.value) if key in ("normalization_mean", "normalization_std", "classes", "model_spec") else entry.value
+        except json.JSONDecodeError:
+            out[key] = entry.value
+    return out

@@ -1,0 +1,334 @@
+"""``export_checkpoint``: everything ``resnet-deploy export`` does, as one library call.
+
+checkpoint -> FP32 ONNX (+ FP16, + int8 from a quantize artifact) -> parity with ONNX Runtime ->
+TensorRT engines (when a TensorRT module is importable) -> ``manifest.json``.
+
+The manifest is written even when a check fails, with ``passed: false`` on the failing artifact, so the
+numbers that failed can be read; the call then raises VerificationError naming every failed check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import progress
+from ..checkpoint import check_dataset_matches, load_checkpoint
+from ..data import ImageDataset
+from ..errors import UserError, VerificationError
+from ..fileio import ensure_writable_dir
+from . import manifest as manifest_lib
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
+from .parity import FIXED_BATCH_SIZE, ParityInputs, check_parity, describe_failure, fixed_batch
+from .tensorrt import build_engine, import_tensorrt, parse_compute_capability, sidecar_path
+
+RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class ExportOptions:
+    """Options of one export run (the CLI's flags, one to one)."""
+
+    checkpoint: Path
+    output_dir: Path = Path("exports")
+    name: str | None = None
+    fp16: bool = False
+    int8_dir: Path | None = None
+    static_batch: int | None = None
+    opset: int = DEFAULT_OPSET
+    tensorrt: bool | None = None  # None: build engines when a TensorRT module imports and can target something
+    min_batch: int = 1
+    opt_batch: int = 64
+    max_batch: int = 256
+    workspace_mb: int = 1024
+    opt_level: int = 3
+    compute_capability: str | None = None
+    timing_cache: Path | None = None  # default: <output_dir>/tensorrt-timing.cache
+    dataset: ImageDataset | None = None
+    parity_images: int | None = None  # cap on the int8 held-out set (default: the whole test split)
+    fixed_batch_size: int = FIXED_BATCH_SIZE
+    simplify: bool = True
+    threads: int | None = None
+
+
+@dataclass
+class ExportReport:
+    export_dir: Path
+    manifest_path: Path
+    manifest: dict
+    failures: list[str] = field(default_factory=list)
+
+
+def default_run_name(checkpoint: Path, spec_name: str) -> str:
+    """runs/r20/best.pt -> 'r20'; a checkpoint without a meaningful folder -> its stem or the model name."""
+    parent = checkpoint.resolve().parent.name
+    candidate = parent if parent and parent not in (".", "runs", "checkpoints") else checkpoint.stem
+    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", candidate).strip("-.") or spec_name
+    return candidate
+
+
+def export_checkpoint(options: ExportOptions) -> ExportReport:
+    """Run the whole export; see the module docstring. Returns the report; raises VerificationError
+    (after writing the manifest) when a parity or graph check failed."""
+    check_opset(options.opset)
+    if options.static_batch is not None and options.static_batch < 1:
+        raise UserError(f"--static-batch must be >= 1, got {options.static_batch}")
+    if options.compute_capability:
+        options.compute_capability = parse_compute_capability(options.compute_capability)
+    loaded = load_checkpoint(options.checkpoint)
+    spec = loaded.spec.to_dict()
+    name = options.name or default_run_name(Path(options.checkpoint), loaded.spec.name)
+    if not RUN_NAME_PATTERN.match(name):
+        raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    export_dir = ensure_writable_dir(Path(options.output_dir) / name, what="export directory")
+    dataset = options.dataset
+    if dataset is not None:
+        check_dataset_matches(loaded, dataset.classes, dataset.name)
+    engine_plan = _plan_tensorrt(options)  # fail fast on bad TensorRT options, before minutes of export
+
+    manifest = manifest_lib.new_manifest(
+        checkpoint_path=Path(options.checkpoint).resolve(),
+        checkpoint_sha256=loaded.sha256,
+        spec=spec,
+        normalization=loaded.normalization.to_dict(),
+        classes=loaded.classes,
+        input_name=INPUT_NAME,
+        output_name=OUTPUT_NAME,
+    )
+    failures: list[str] = []
+    dynamic = options.static_batch is None
+    batch_tag = "" if dynamic else f"-b{options.static_batch}"
+    test_images = dataset.test_images if dataset is not None else None
+    float_inputs = fixed_batch(loaded.normalization, options.fixed_batch_size, test_images,
+                               f"first {options.fixed_batch_size} {dataset.name} test images" if dataset is not None else None)
+    if options.static_batch is not None:
+        float_inputs = _pad_to_multiple(float_inputs, options.static_batch)
+
+    def reference_fp32(batch):
+        return loaded.model(batch)
+
+    float_precisions = ["fp32"] + (["fp16"] if options.fp16 else [])
+    for precision in float_precisions:
+        info = ExportInfo(spec, loaded.normalization.to_dict(), loaded.classes, loaded.sha256, precision)
+        path = export_dir / f"model-{precision}{batch_tag}.onnx"
+        progress.info(f"exporting {precision} ONNX -> {path}")
+        result = export_onnx(loaded.model, path, info, dynamic_batch=dynamic, static_batch=options.static_batch,
+                             opset=options.opset, simplify=options.simplify)
+        parity = check_parity(path, reference_fp32, float_inputs, precision, batch_size=_parity_batch(options),
+                              threads=options.threads)
+        _record_onnx(manifest, export_dir, result, parity, failures)
+
+    if options.int8_dir is not None:
+        _export_int8(options, loaded, manifest, export_dir, batch_tag, failures)
+
+    if engine_plan["build"]:
+        _build_engines(options, manifest, export_dir, engine_plan)
+    else:
+        manifest_lib.add_skipped(manifest, "tensorrt", None, engine_plan["reason"])
+        progress.info(f"TensorRT engines skipped: {engine_plan['reason']}")
+
+    manifest_path = manifest_lib.write_manifest(export_dir, manifest)
+    report = ExportReport(export_dir, manifest_path, manifest, failures)
+    if failures:
+        raise VerificationError(
+            f"{len(failures)} export check(s) failed (manifest written to {manifest_path}):\n  " + "\n  ".join(failures)
+        )
+    return report
+
+
+def _parity_batch(options: ExportOptions) -> int:
+    return options.static_batch or 256
+
+
+def _pad_to_multiple(inputs: ParityInputs, batch: int) -> ParityInputs:
+    """A static-shape model only takes batches of exactly ``batch``: trim (or repeat) the images to a multiple."""
+    count = max(batch, (len(inputs) // batch) * batch)
+    reps = int(np.ceil(count / len(inputs)))
+    images = np.concatenate([inputs.images] * reps)[:count]
+    labels = None if inputs.labels is None else np.concatenate([inputs.labels] * reps)[:count]
+    return ParityInputs(images, inputs.normalization, inputs.source + f" (as {count // batch} batches of {batch})", labels)
+
+
+def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failures: list[str]) -> dict:
+    entry = {
+        "kind": "onnx",
+        "precision": result.precision,
+        "scheme": result.scheme,
+        "path": manifest_lib.relative_to(export_dir, result.path),
+        "sha256": result.sha256,
+        "dynamic_batch": result.dynamic_batch,
+        "static_batch": result.static_batch,
+        "opset": result.opset,
+        "simplifier": result.simplifier,
+        "export_seconds": result.export_seconds,
+        "op_counts": result.op_counts,
+        "parity": parity,
+    }
+    manifest_lib.add_artifact(manifest, entry)
+    label = f"{result.precision}" + (f" ({result.scheme})" if result.scheme else "")
+    if parity["passed"]:
+        progress.info(
+            f"  {label} parity ok: max|diff| {parity['max_abs_diff']:.2e}, top-1 agreement "
+            f"{parity['top1_agreement']:.2f}% on {parity['count']} inputs"
+        )
+    else:
+        failures.append(f"{label} ONNX: " + describe_failure(entry["path"], parity))
+    return entry
+
+
+def _export_int8(options: ExportOptions, loaded, manifest: dict, export_dir: Path, batch_tag: str, failures: list[str]) -> None:
+    from ..quantize import load_quantized
+
+    quantized = load_quantized(options.int8_dir, checkpoint=options.checkpoint)
+    dataset = options.dataset
+    if dataset is None:
+        raise UserError(
+            "int8 parity runs on held-out test images: pass --data-dir (and --dataset) with --int8",
+            hint="the int8 ONNX is compared with the PyTorch int8 model on the test split, which calibration never saw",
+        )
+    count = min(len(dataset.test_images), options.parity_images or len(dataset.test_images))
+    held_out = ParityInputs(
+        dataset.test_images[:count], quantized.normalization, f"{count} held-out {dataset.name} test images",
+        dataset.test_labels[:count],
+    )
+    if options.static_batch is not None:
+        held_out = _pad_to_multiple(held_out, options.static_batch)
+    manifest["quantization"] = {
+        "artifact_dir": str(Path(quantized.artifact_dir).resolve()),
+        "target": quantized.target,
+        "checkpoint_sha256": quantized.checkpoint_sha256,
+    }
+    info = ExportInfo(
+        quantized.spec.to_dict() if hasattr(quantized.spec, "to_dict") else dict(quantized.spec),
+        quantized.normalization.to_dict(), list(quantized.classes), loaded.sha256, "int8", quantized.target,
+    )
+    path = export_dir / f"model-int8-{quantized.target}{batch_tag}.onnx"
+    progress.info(f"exporting int8 ({quantized.target} scheme) ONNX -> {path}")
+    result = export_onnx(quantized.module, path, info, dynamic_batch=options.static_batch is None,
+                         static_batch=options.static_batch, opset=options.opset, simplify=options.simplify)
+    from .qdq import qdq_problems
+
+    problems = qdq_problems(path, quantized.target)
+    parity = check_parity(path, quantized.module, held_out, "int8", batch_size=_parity_batch(options), threads=options.threads)
+    if problems:
+        parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
+    _record_onnx(manifest, export_dir, result, parity, failures)
+
+
+def _plan_tensorrt(options: ExportOptions) -> dict:
+    """Whether to build engines, and if not why. Explicit --tensorrt turns every obstacle into an error."""
+    from .tensorrt import current_gpu
+
+    if options.tensorrt is False:
+        return {"build": False, "reason": "--no-tensorrt"}
+    try:
+        trt, flavour, version = import_tensorrt()
+    except UserError as exc:
+        if options.tensorrt:
+            raise
+        return {"build": False, "reason": str(exc).replace("\n ", ";")}
+    from .tensorrt import _check_batches  # same validation the builder applies
+
+    if options.static_batch is not None:
+        options.min_batch = options.opt_batch = options.max_batch = options.static_batch
+    _check_batches(options.min_batch, options.opt_batch, options.max_batch)
+    if current_gpu() is None and not options.compute_capability:
+        reason = (
+            f"no CUDA GPU here and no --compute-capability given ({flavour} {version} is installed; "
+            + ("full TensorRT builds only on the target GPU)" if flavour == "tensorrt" else "name the target GPU, e.g. --compute-capability 8.6)")
+        )
+        if options.tensorrt:
+            raise UserError(reason)
+        return {"build": False, "reason": reason}
+    gpu = current_gpu()
+    capability = options.compute_capability or gpu["compute_capability"]  # type: ignore[index]
+    return {"build": True, "flavour": flavour, "version": version, "compute_capability": capability}
+
+
+def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, plan: dict,
+                   precisions: list[str] | None = None) -> None:
+    timing_cache = options.timing_cache or Path(options.output_dir) / "tensorrt-timing.cache"
+    for artifact in list(manifest["artifacts"]):
+        if artifact["kind"] != "onnx":
+            continue
+        precision, scheme = artifact["precision"], artifact.get("scheme")
+        if precisions and precision not in precisions:
+            continue
+        if not artifact["parity"]["passed"]:
+            manifest_lib.add_skipped(manifest, "tensorrt", precision, f"{artifact['path']} failed parity")
+            continue
+        if precision == "int8" and scheme != "tensorrt":
+            manifest_lib.add_skipped(
+                manifest, "tensorrt", precision,
+                f"{artifact['path']} uses the {scheme} int8 scheme (uint8 activations, non-zero zero-points), which TensorRT "
+                "rejects; quantize with --target tensorrt for an int8 engine",
+            )
+            continue
+        onnx_path = export_dir / artifact["path"]
+        cc_tag = "sm" + plan["compute_capability"].replace(".", "")
+        engine_path = onnx_path.with_name(f"{onnx_path.stem}.{cc_tag}.engine")
+        progress.info(f"building {precision} TensorRT engine -> {engine_path}")
+        sidecar = build_engine(
+            onnx_path, engine_path, precision=precision,
+            min_batch=options.min_batch, opt_batch=options.opt_batch, max_batch=options.max_batch,
+            workspace_mb=options.workspace_mb, opt_level=options.opt_level, timing_cache=timing_cache,
+            compute_capability=plan["compute_capability"],
+        )
+        progress.info(f"  built in {sidecar['build_seconds']:.2f} s, {sidecar['engine']['bytes'] / 2**20:.1f} MiB, "
+                      f"layers {sidecar['layer_precision']['layers']}, quantized convs {sidecar['layer_precision']['quantized_convolutions']}")
+        manifest_lib.add_artifact(manifest, {
+            "kind": "tensorrt",
+            "precision": precision,
+            "scheme": scheme,
+            "path": manifest_lib.relative_to(export_dir, engine_path),
+            "sidecar": manifest_lib.relative_to(export_dir, sidecar_path(engine_path)),
+            "sha256": sidecar["engine"]["sha256"],
+            "onnx": artifact["path"],
+            "min_batch": sidecar["min_batch"],
+            "opt_batch": sidecar["opt_batch"],
+            "max_batch": sidecar["max_batch"],
+            "compute_capability": sidecar["target"]["compute_capability"],
+            "flavour": sidecar["flavour"],
+            "tensorrt_version": sidecar["tensorrt_version"],
+            "build_seconds": sidecar["build_seconds"],
+            "layer_precision": sidecar["layer_precision"],
+        })
+
+
+def build_engines_for_export(
+    export_dir: str | os.PathLike,
+    *,
+    precisions: list[str] | None = None,
+    min_batch: int = 1,
+    opt_batch: int = 64,
+    max_batch: int = 256,
+    workspace_mb: int = 1024,
+    opt_level: int = 3,
+    compute_capability: str | None = None,
+    timing_cache: str | os.PathLike | None = None,
+) -> tuple[dict, Path]:
+    """Build engines for the ONNX files of an existing export (``resnet-deploy build-engine``), e.g. on
+    the deployment GPU, and add them to its manifest. Returns (manifest, manifest path)."""
+    from ..fileio import read_json
+
+    export_dir = Path(export_dir)
+    manifest_lib.load_manifest(export_dir)  # validates and checks every artifact's sha256
+    manifest = read_json(export_dir / manifest_lib.MANIFEST_NAME, "export manifest")  # relative paths kept
+    options = ExportOptions(
+        checkpoint=Path(manifest["checkpoint"]["path"]), output_dir=export_dir.parent, tensorrt=True,
+        min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb, opt_level=opt_level,
+        compute_capability=parse_compute_capability(compute_capability) if compute_capability else None,
+        timing_cache=Path(timing_cache) if timing_cache else None,
+    )
+    static = {a.get("static_batch") for a in manifest["artifacts"] if a["kind"] == "onnx" and not a["dynamic_batch"]}
+    if len(static) == 1:
+        options.static_batch = static.pop()
+    plan = _plan_tensorrt(options)
+    manifest["skipped"] = [s for s in manifest.get("skipped", []) if s["kind"] != "tensorrt"]
+    _build_engines(options, manifest, export_dir, plan, precisions)
+    return manifest, manifest_lib.write_manifest(export_dir, manifest)
