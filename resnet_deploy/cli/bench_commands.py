@@ -1,3 +1,180 @@
-"""Commands of the bench stage (filled in by that stage)."""
+"""``bench`` and ``pipeline``: measure every backend against FP32 PyTorch, and run the whole flow."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .. import progress
+from ..errors import UserError
+from .options import dataset_options, echo_json, parse_int_list
+
+_ALL_BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+_ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+
+
+def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
+    values = [part.strip().lower() for part in text.split(",") if part.strip()]
+    if not values or values == ["all"]:
+        return list(choices)
+    unknown = [v for v in values if v not in choices]
+    if unknown:
+        raise UserError(f"{option} accepts {', '.join(choices)} or all (comma-separated), got {', '.join(unknown)}")
+    return values
+
+
+def bench_options(func):
+    """Options shared by ``bench`` and ``pipeline`` (how to measure and gate)."""
+    decorators = [
+        click.option("--backend", "backends", default="all", show_default=True, help="Comma list of pytorch, onnxruntime, tensorrt, or all. FP32 PyTorch eager always runs: it is the baseline."),
+        click.option("--precision", "precisions", default="all", show_default=True, help="Comma list of fp32, fp16, bf16, int8, or all."),
+        click.option("--batch-sizes", default="1,8,32,128,256", show_default=True, help="Batch sizes of the latency sweep."),
+        click.option("--accuracy-batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Batch size of the accuracy pass (capped at an engine's max batch)."),
+        click.option("--copies/--no-copies", "include_copies", default=True, show_default=True, help="Time host->device input and device->host output copies on GPU rows."),
+        click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch FP32/FP16/BF16 rows: cpu, cuda, cuda:N."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch and ONNX Runtime intra-op [physical cores]."),
+        click.option("--compile", "compile_", is_flag=True, help="Add a torch.compile FP32 row (compiles once per batch size)."),
+        click.option("--channels-last", is_flag=True, help="NHWC memory format for PyTorch rows."),
+        click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True, help="ONNX Runtime graph optimization level."),
+        click.option("--cuda-graph", is_flag=True, help="Capture TensorRT enqueues in CUDA graphs."),
+        click.option("--no-accuracy", is_flag=True, help="Skip the accuracy pass (latency only; --verify needs it)."),
+        click.option("--no-latency", is_flag=True, help="Skip the latency sweep (accuracy only)."),
+        click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Warm-up iterations per batch size (and >= 0.3 s)."),
+        click.option("--min-iterations", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations per batch size, at least."),
+        click.option("--min-time", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of timed iterations per batch size, at least."),
+        click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds per batch size at most, even if the figure is still noisy."),
+        click.option("--verify", is_flag=True, help="Gate on the thresholds below: exit 1 naming each failing row."),
+        click.option("--min-fp32-agreement", default=100.0, show_default=True, type=float, help="FP32 rows: top-1 agreement with FP32 PyTorch, %."),
+        click.option("--min-fp16-agreement", default=99.9, show_default=True, type=float, help="FP16/BF16 rows: top-1 agreement with FP32 PyTorch, %."),
+        click.option("--max-int8-drop", default=0.5, show_default=True, type=float, help="int8 rows: top-1 drop against FP32 PyTorch, points."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def make_bench_config(options: dict):
+    """RunnerOptions, BenchSettings and Thresholds|None from the shared options (popped from ``options``)."""
+    from ..backends import RunnerOptions
+    from ..bench import BenchSettings, Thresholds
+
+    device = options.pop("device")
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    device_id = int(device.split(":")[1]) if ":" in device else 0
+    runner_options = RunnerOptions(
+        backends=_parse_choices(options.pop("backends"), "--backend", _ALL_BACKENDS),
+        precisions=_parse_choices(options.pop("precisions"), "--precision", _ALL_PRECISIONS),
+        device=device if device != "cuda" else "cuda:0",
+        threads=options.pop("threads"),
+        compile=options.pop("compile_"),
+        channels_last=options.pop("channels_last"),
+        ort_provider=options.pop("ort_provider"),
+        graph_optimization=options.pop("graph_optimization"),
+        cuda_graph=options.pop("cuda_graph"),
+        device_id=device_id,
+    )
+    settings = BenchSettings(
+        batch_sizes=parse_int_list(options.pop("batch_sizes"), "--batch-sizes"),
+        include_copies=options.pop("include_copies"),
+        accuracy_batch_size=options.pop("accuracy_batch_size"),
+        warmup_iterations=options.pop("warmup"),
+        min_iterations=options.pop("min_iterations"),
+        min_seconds=options.pop("min_time"),
+        max_seconds=options.pop("max_time"),
+        accuracy=not options.pop("no_accuracy"),
+        latency=not options.pop("no_latency"),
+    )
+    settings.validate()
+    thresholds = Thresholds(options.pop("min_fp32_agreement"), options.pop("min_fp16_agreement"), options.pop("max_int8_drop"))
+    verify = options.pop("verify")
+    if verify and not settings.accuracy:
+        raise UserError("--verify needs the accuracy pass; drop --no-accuracy")
+    return runner_options, settings, thresholds if verify else None
+
+
+def _print_summary(results: dict, paths: dict) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{results['run_name']} (baseline {results['baseline']})")
+    for column in ("row", "status", "top-1 %", "Δ pts", "agree %", "img/s @ largest bs", "speedup"):
+        table.add_column(column)
+    for row in results["rows"]:
+        acc = row.get("accuracy") or {}
+        ok = [e for e in row.get("latency", []) if e["status"] == "ok"]
+        last = ok[-1] if ok else None
+        table.add_row(
+            row["name"],
+            row["status"],
+            f"{acc['top1']:.2f}" if acc else "–",
+            f"{acc['delta_top1']:+.2f}" if acc else "–",
+            f"{acc['agreement']:.2f}" if acc else "–",
+            f"{last['images_per_sec']:,.0f} (bs {last['batch_size']})" if last else "–",
+            f"{last['speedup_vs_baseline']:.2f}x" if last and last.get("speedup_vs_baseline") else "–",
+        )
+    console = Console(stderr=True)
+    if progress.enabled():
+        console.print(table)
+        for row in results["rows"]:
+            if row["status"] != "ok":
+                console.print(f"[bold]{escape(row['name'])}[/bold] {row['status']}: {escape(str(row['reason']))}", highlight=False)
+    verification = results.get("verification")
+    if verification is not None:
+        click.echo("verification: " + ("PASSED" if verification["passed"] else "FAILED"), err=True)
+    echo_json({key: str(path) for key, path in paths.items()})
+
+
+@click.command()
+@click.option("--checkpoint", type=click.Path(), help="FP32 checkpoint (the baseline) [the one the export manifest names].")
+@click.option("--export", "export_dir", type=click.Path(), help="Export directory with manifest.json (ONNX files, TensorRT engines).")
+@click.option("--quantized", "quantized_dir", type=click.Path(), help="A `resnet-deploy quantize` artifact directory for the PyTorch int8 row.")
+@dataset_options
+@bench_options
+@click.option("--name", "run_name", default="bench", show_default=True, help="Run name: results go to OUTPUT_ROOT/NAME/.")
+@click.option("--output-root", default="benchmarks/results", show_default=True, type=click.Path(), help="Folder holding one folder per run.")
+def bench(checkpoint, export_dir, quantized_dir, load_data, run_name, output_root, **options):
+    """Accuracy parity and speed of every backend against FP32 PyTorch eager, on this machine.
+
+    Runs the full test split through each row (top-1, Δ vs FP32, top-1 agreement, logit differences),
+    then a latency sweep per batch size (p50/p90/p99, images/s, peak memory). Writes results.json,
+    report.md, latency_vs_batch.png and accuracy_vs_throughput.png to benchmarks/results/NAME/.
+    Rows that cannot run here (no GPU, no TensorRT, no artifact) are listed as skipped with the reason.
+
+    \b
+    Examples:
+      resnet-deploy bench --export exports/r20 --quantized calibration/r20 --data-dir DATA --name r20
+      resnet-deploy bench --checkpoint runs/r20/best.pt --backend pytorch --batch-sizes 1,64 --data-dir DATA
+      resnet-deploy bench --export exports/r20 --backend onnxruntime --precision int8 --verify --data-dir DATA
+      resnet-deploy bench --export exports/r50 --backend tensorrt --device cuda --cuda-graph --no-copies --data-dir DATA
+    Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input.
+    """
+    from ..bench import benchmark_artifacts, raise_if_failed
+
+    runner_options, settings, thresholds = make_bench_config(options)
+    if checkpoint is None and export_dir is None:
+        raise UserError("give --checkpoint, --export, or both", hint="e.g. resnet-deploy bench --export exports/r20 --data-dir DATA")
+    if not run_name or "/" in run_name or run_name in (".", ".."):
+        raise UserError(f"--name must be a plain folder name, got {run_name!r}")
+    dataset = load_data()
+    results, paths = benchmark_artifacts(
+        dataset,
+        runner_options,
+        settings,
+        run_name=run_name,
+        output_dir=Path(output_root) / run_name,
+        checkpoint=checkpoint,
+        export_dir=export_dir,
+        quantized_dir=quantized_dir,
+        thresholds=thresholds,
+        command=["resnet-deploy", *sys.argv[1:]],
+    )
+    _print_summary(results, paths)
+    raise_if_failed(results)
+
+
+COMMANDS: list = [bench]

@@ -1,0 +1,193 @@
+"""Backends: one Runner interface (base.py), one module per runtime.
+
+Public API::
+
+    Runner, SkippedRunner, BackendUnavailable, NonFiniteOutputError      (base)
+    PyTorchRunner, fp32_runner, autocast_runner, int8_runner              (pytorch)
+    OnnxRuntimeRunner, onnx_quantization_scheme, available_providers     (onnxruntime)
+    TensorRTRunner, cuda_unavailable_reason                               (tensorrt)
+    RunnerOptions, build_runners: the rows of a benchmark from a checkpoint, an export directory
+                                  (manifest.json) and a quantize artifact
+
+Heavy runtimes (onnxruntime, TensorRT) are imported only when a runner is activated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import UserError
+from .base import BACKENDS, PRECISIONS, BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner, physical_cores
+from .onnxruntime import OnnxRuntimeRunner, available_providers, onnx_quantization_scheme
+from .pytorch import PyTorchRunner, autocast_runner, fp32_runner, int8_runner
+from .tensorrt import TensorRTRunner, cuda_unavailable_reason
+
+__all__ = [
+    "BACKENDS",
+    "PRECISIONS",
+    "BackendUnavailable",
+    "NonFiniteOutputError",
+    "OnnxRuntimeRunner",
+    "PyTorchRunner",
+    "Runner",
+    "RunnerOptions",
+    "SkippedRunner",
+    "TensorRTRunner",
+    "autocast_runner",
+    "available_providers",
+    "build_runners",
+    "cuda_unavailable_reason",
+    "fp32_runner",
+    "int8_runner",
+    "load_export_manifest",
+    "onnx_quantization_scheme",
+    "physical_cores",
+]
+
+
+@dataclass
+class RunnerOptions:
+    """Which rows to build and how they run (the ``bench`` command's options)."""
+
+    backends: Sequence[str] = BACKENDS
+    precisions: Sequence[str] = PRECISIONS
+    device: str = "cpu"  # PyTorch FP32/FP16/BF16 rows; int8 PyTorch always runs on the CPU
+    threads: int | None = None  # CPU threads (torch and ONNX Runtime intra-op); default physical cores
+    compile: bool = False
+    channels_last: bool = False
+    ort_provider: str = "cpu"
+    graph_optimization: str = "all"
+    cuda_graph: bool = False
+    device_id: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for backend in self.backends:
+            if backend not in BACKENDS:
+                raise UserError(f"--backend must be among {', '.join(BACKENDS)} (or all), got {backend!r}")
+        for precision in self.precisions:
+            if precision not in PRECISIONS:
+                raise UserError(f"--precision must be among {', '.join(PRECISIONS)} (or all), got {precision!r}")
+
+
+def load_export_manifest(export_dir: str | Path) -> dict:
+    """The export stage's manifest (``exports/<run>/manifest.json``) through its public loader."""
+    from .. import export
+
+    return export.load_manifest(export_dir)
+
+
+def _resolve(export_dir: Path, path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else export_dir / candidate
+
+
+def _check_hash(path: Path, expected: str | None) -> None:
+    from ..fileio import sha256_file
+
+    if expected and path.is_file() and sha256_file(path) != expected:
+        raise UserError(f"{path} changed since it was exported (sha256 differs from manifest.json)", hint="re-run `resnet-deploy export`")
+
+
+def build_runners(
+    model,
+    options: RunnerOptions,
+    *,
+    export_dir: str | Path | None = None,
+    manifest: dict | None = None,
+    quantized_dir: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+) -> list[Runner | SkippedRunner]:
+    """The benchmark's rows: ``pytorch-fp32`` (the baseline, always) first, then every requested
+    backend/precision that has an artifact, and a SkippedRunner with the reason for each that cannot run.
+    """
+    options.validate()
+    wanted = set(options.precisions)
+    device = options.device
+    on_gpu = device.startswith("cuda")
+    runners: list[Runner | SkippedRunner] = [
+        fp32_runner(model, device=device, threads=options.threads, channels_last=options.channels_last)
+    ]
+
+    if "pytorch" in options.backends:
+        if options.compile and "fp32" in wanted:
+            runners.append(
+                PyTorchRunner(model, precision="fp32", device=device, compile=True, threads=options.threads, channels_last=options.channels_last)
+            )
+        for precision in ("fp16", "bf16"):
+            if precision not in wanted:
+                continue
+            if on_gpu:
+                runners.append(autocast_runner(model, precision, device=device, threads=options.threads, channels_last=options.channels_last))
+            else:
+                runners.append(SkippedRunner(f"pytorch-{precision}", "pytorch", precision, device, f"{precision} autocast rows run on a GPU; this run uses --device {device}"))
+        if "int8" in wanted:
+            if quantized_dir is not None:
+                runners.append(int8_runner(quantized_dir, checkpoint, threads=options.threads))
+            else:
+                runners.append(SkippedRunner("pytorch-int8-x86", "pytorch", "int8", "cpu", "no quantized artifact given (--quantized calibration/RUN)"))
+
+    artifacts = []
+    if manifest is not None:
+        if export_dir is None:
+            raise ValueError("export_dir is needed to resolve the manifest's artifact paths")
+        export_dir = Path(export_dir)
+        artifacts = manifest.get("artifacts", [])
+
+    if "onnxruntime" in options.backends:
+        onnx_artifacts = [a for a in artifacts if a.get("kind") == "onnx" and a.get("precision") in wanted]
+        if manifest is None:
+            runners.append(SkippedRunner("onnxruntime", "onnxruntime", "fp32", "cpu", "no export directory given (--export exports/RUN)"))
+        elif not onnx_artifacts:
+            runners.append(SkippedRunner("onnxruntime", "onnxruntime", "fp32", "cpu", f"{export_dir} has no ONNX file for precision {', '.join(sorted(wanted))}"))
+        ort_rows = []
+        for artifact in onnx_artifacts:
+            path = _resolve(export_dir, artifact["path"])
+            _check_hash(path, artifact.get("sha256"))
+            ort_rows.append(
+                OnnxRuntimeRunner(
+                    path,
+                    precision=artifact["precision"],
+                    provider=options.ort_provider,
+                    device_id=options.device_id,
+                    threads=options.threads,
+                    graph_optimization=options.graph_optimization,
+                    scheme=artifact.get("scheme"),
+                    sha256=artifact.get("sha256"),
+                )
+            )
+        names = [r.name for r in ort_rows]
+        for row in ort_rows:  # two files read as the same scheme: keep both, named by their export scheme
+            if names.count(row.name) > 1 and row.scheme:
+                row.name = f"{row.name}-{row.scheme}"
+        runners.extend(ort_rows)
+
+    if "tensorrt" in options.backends:
+        engines = [a for a in artifacts if a.get("kind") == "tensorrt" and a.get("precision") in wanted]
+        if manifest is None:
+            runners.append(SkippedRunner("tensorrt", "tensorrt", "int8", f"cuda:{options.device_id}", "no export directory given (--export exports/RUN)"))
+        elif not engines:
+            runners.append(
+                SkippedRunner(
+                    "tensorrt", "tensorrt", "int8", f"cuda:{options.device_id}",
+                    f"{export_dir} has no TensorRT engine (export builds one only where TensorRT is installed)",
+                )
+            )
+        for artifact in engines:
+            name = f"tensorrt-{artifact['precision']}" + ("-cudagraph" if options.cuda_graph else "")
+            reason = cuda_unavailable_reason()
+            if reason:
+                runners.append(SkippedRunner(name, "tensorrt", artifact["precision"], f"cuda:{options.device_id}", reason))
+                continue
+            path = _resolve(export_dir, artifact["path"])
+            _check_hash(path, artifact.get("sha256"))
+            onnx = _resolve(export_dir, artifact["onnx"]) if artifact.get("onnx") else None
+            runners.append(
+                TensorRTRunner(
+                    path, precision=artifact["precision"], name=name, onnx_path=onnx,
+                    device_id=options.device_id, cuda_graph=options.cuda_graph, sha256=artifact.get("sha256"),
+                )
+            )
+    return runners

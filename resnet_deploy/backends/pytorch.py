@@ -1,0 +1,149 @@
+"""PyTorch runners: FP32 eager (the baseline every ratio is against), FP16/BF16 autocast, torch.compile,
+and int8 from a ``quantize`` artifact (its fast CPU x86 lowering).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .base import BackendUnavailable, Runner, physical_cores
+
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class PyTorchRunner(Runner):
+    """Runs a ``torch.nn.Module`` (or any tensor -> tensor callable) in inference mode.
+
+    ``model`` may be given directly or through ``loader`` (called in ``activate``) so that heavy loading
+    happens only when the runner is used. ``precision`` fp16/bf16 runs the FP32 weights under autocast;
+    int8 means the callable is already quantized (see :func:`int8_runner`).
+    """
+
+    backend = "pytorch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module | Callable | None = None,
+        *,
+        loader: Callable[[], Callable] | None = None,
+        name: str | None = None,
+        precision: str = "fp32",
+        device: str = "cpu",
+        compile: bool = False,
+        channels_last: bool = False,
+        threads: int | None = None,
+        artifact: dict | None = None,
+    ) -> None:
+        if (model is None) == (loader is None):
+            raise ValueError("give exactly one of model or loader")
+        device = str(torch.device(device))
+        suffix = "-compile" if compile else ""
+        super().__init__(name or f"pytorch-{precision}{suffix}", precision, device, input_name="input")
+        self._model_arg = model
+        self._loader = loader
+        self.compile = compile
+        self.channels_last = channels_last
+        self.threads = threads or physical_cores()
+        self.artifact = artifact
+        self._model: Callable | None = None
+        self._saved_threads: int | None = None
+        if device.startswith("cuda") and precision == "int8":
+            raise UserError("PyTorch int8 runs on the CPU (x86 lowering); use TensorRT for int8 on a GPU")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise BackendUnavailable("PyTorch fp16 autocast needs a CUDA device (CPU kernels for fp16 convolutions are slow or missing)")
+
+    def _activate(self) -> None:
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise BackendUnavailable(f"PyTorch on {self.device} needs a CUDA GPU; torch.cuda.is_available() is False here")
+        self._saved_threads = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        model = self._model_arg if self._model_arg is not None else self._loader()
+        if isinstance(model, torch.nn.Module):
+            model = model.eval().to(self.device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+        if self.compile:
+            # Static shapes: one graph per batch size, compiled during warm-up; "dynamic" would cost speed.
+            model = torch.compile(model, dynamic=False)
+        self._model = model
+
+    def _deactivate(self) -> None:
+        self._model = None
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    def _prepare(self, batch: Any) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
+        tensor = tensor.to(self.device, dtype=torch.float32, non_blocking=True)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def run_prepared(self, staged: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            return self._model(staged)
+
+    def _autocast(self):
+        if self.precision in _AUTOCAST_DTYPES:
+            return torch.autocast(device_type=torch.device(self.device).type, dtype=_AUTOCAST_DTYPES[self.precision])
+        return contextlib.nullcontext()
+
+    def synchronize(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    @property
+    def cuda_stream(self):
+        return torch.cuda.current_stream(self.device) if self.device.startswith("cuda") else None
+
+    def describe(self) -> dict:
+        info = {
+            "execution": "torch.compile (inductor)" if self.compile else "eager",
+            "autocast": self.precision if self.precision in _AUTOCAST_DTYPES else None,
+            "channels_last": self.channels_last,
+            "torch_threads": self.threads if not self.device.startswith("cuda") else None,
+        }
+        if self.artifact:
+            info["artifact"] = self.artifact
+        return info
+
+
+def fp32_runner(model: torch.nn.Module, device: str = "cpu", **options) -> PyTorchRunner:
+    """The FP32 eager baseline row (``pytorch-fp32``)."""
+    return PyTorchRunner(model, precision="fp32", device=device, **options)
+
+
+def autocast_runner(model: torch.nn.Module, precision: str, device: str = "cuda", **options) -> PyTorchRunner:
+    """FP16 or BF16 autocast over the FP32 weights."""
+    if precision not in _AUTOCAST_DTYPES:
+        raise UserError(f"autocast precision must be fp16 or bf16, got {precision!r}")
+    return PyTorchRunner(model, precision=precision, device=device, **options)
+
+
+def int8_runner(artifact_dir: str | Path, checkpoint: str | Path | None = None, threads: int | None = None) -> PyTorchRunner:
+    """int8 from a ``resnet-deploy quantize`` artifact, lowered for x86 CPUs by the quantize stage."""
+    from ..fileio import sha256_file
+
+    artifact_dir = Path(artifact_dir)
+    if not artifact_dir.is_dir():
+        raise UserError(f"quantized artifact directory not found: {artifact_dir}", hint="create it with `resnet-deploy quantize`")
+
+    def load() -> Callable:
+        try:
+            from ..quantize import load_quantized
+        except ImportError as exc:  # the quantize stage is part of this package; this is a broken install
+            raise BackendUnavailable(f"the quantize stage cannot be imported: {exc}") from exc
+        quantized = load_quantized(artifact_dir, checkpoint)
+        return quantized.int8_cpu_callable()
+
+    files = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".pt2", ".json"))
+    artifact = {"path": str(artifact_dir), "files": {p.name: sha256_file(p) for p in files}}
+    return PyTorchRunner(loader=load, name="pytorch-int8-x86", precision="int8", device="cpu", threads=threads, artifact=artifact)

@@ -1,0 +1,560 @@
+"""Benchmark reports: the results JSON (schema below), a Markdown report and PNG plots.
+
+``write_report(results, directory)`` writes, atomically:
+
+``results.json``                 the full results document, valid against ``RESULTS_SCHEMA``
+``report.md``                    accuracy parity, throughput/speedup and latency tables, settings, skips,
+                                 verification verdict
+``latency_vs_batch.png``         p50 latency and throughput against batch size, one line per row
+``accuracy_vs_throughput.png``   top-1 against images/s at the largest common batch size
+
+Results schema (``format`` "resnet-deploy/bench", ``version`` 1; docs/results-schema.md explains each
+field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
+
+    run_name, created (ISO 8601 UTC), command (argv or null)
+    hardware: cpu_model, logical_cpus, physical_cores, affinity_cpus, memory_gb, platform,
+              gpus: [{name, compute_capability, memory_gb}]
+    software: python, torch, torch_threads, cuda, numpy, onnxruntime, onnxruntime_providers,
+              tensorrt ({flavour, version} or null), resnet_deploy
+    model:    {spec, checkpoint: {path, sha256}, num_classes}
+    dataset:  {name, split: "test", size, source}
+    baseline: row name every delta and speedup is against ("pytorch-fp32")
+    settings: BenchSettings (batch_sizes, include_copies, accuracy_batch_size, warm-up and timing limits)
+    rows: [{name, backend, precision, device, status: ok|skipped|error|nonfinite, reason,
+            settings: {...backend specific: threads, provider, graph optimization, int8 scheme...},
+            accuracy: null | {top1, top5, loss, count, delta_top1, delta_top5, agreement,
+                              max_abs_diff, mean_abs_diff, batch_size},
+            latency: [{batch_size, status: ok|oom|error|nonfinite|skipped, message,
+                       iterations, warmup_iterations, first_call_ms, p50_ms, p90_ms, p99_ms, mean_ms,
+                       std_ms, min_ms, images_per_sec, speedup_vs_baseline, peak_memory_mb,
+                       memory_kind, timer, host_device_copies}]}]
+    verification: null | {thresholds: {fp32_min_agreement, fp16_min_agreement, int8_max_top1_drop},
+                          passed, failures: [{row, check, value, threshold, message}]}
+    pipeline (optional): {stages: [{name, status, reason, ...}]} when written by ``resnet-deploy pipeline``
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .fileio import atomic_path, atomic_write_text, write_json
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_STRING_OR_NULL = {"type": ["string", "null"]}
+
+_LATENCY_ENTRY = {
+    "type": "object",
+    "required": ["batch_size", "status", "message"],
+    "properties": {
+        "batch_size": {"type": "integer", "minimum": 1},
+        "status": {"enum": ["ok", "oom", "error", "nonfinite", "skipped"]},
+        "message": _STRING_OR_NULL,
+        "iterations": {"type": "integer", "minimum": 1},
+        "warmup_iterations": {"type": "integer", "minimum": 0},
+        "first_call_ms": {"type": "number", "minimum": 0},
+        "p50_ms": {"type": "number", "minimum": 0},
+        "p90_ms": {"type": "number", "minimum": 0},
+        "p99_ms": {"type": "number", "minimum": 0},
+        "mean_ms": {"type": "number", "minimum": 0},
+        "std_ms": {"type": "number", "minimum": 0},
+        "min_ms": {"type": "number", "minimum": 0},
+        "images_per_sec": _NUMBER_OR_NULL,
+        "speedup_vs_baseline": _NUMBER_OR_NULL,
+        "peak_memory_mb": _NUMBER_OR_NULL,
+        "memory_kind": {"enum": ["cuda_allocated", "process_rss"]},
+        "timer": {"enum": ["cuda_events", "perf_counter_ns"]},
+        "host_device_copies": {"enum": ["included", "excluded", "none (cpu)"]},
+    },
+    "allOf": [
+        {
+            "if": {"properties": {"status": {"const": "ok"}}},
+            "then": {
+                "required": [
+                    "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_sec",
+                    "peak_memory_mb", "memory_kind", "timer", "host_device_copies", "speedup_vs_baseline",
+                ]
+            },
+        }
+    ],
+}
+
+_ACCURACY = {
+    "type": ["object", "null"],
+    "required": ["top1", "top5", "loss", "count", "delta_top1", "delta_top5", "agreement", "max_abs_diff", "mean_abs_diff", "batch_size"],
+    "properties": {
+        "top1": {"type": "number", "minimum": 0, "maximum": 100},
+        "top5": {"type": "number", "minimum": 0, "maximum": 100},
+        "loss": {"type": "number"},
+        "count": {"type": "integer", "minimum": 1},
+        "delta_top1": {"type": "number"},
+        "delta_top5": {"type": "number"},
+        "agreement": {"type": "number", "minimum": 0, "maximum": 100},
+        "max_abs_diff": {"type": "number", "minimum": 0},
+        "mean_abs_diff": {"type": "number", "minimum": 0},
+        "batch_size": {"type": "integer", "minimum": 1},
+    },
+}
+
+_ROW = {
+    "type": "object",
+    "required": ["name", "backend", "precision", "device", "status", "reason", "settings", "accuracy", "latency"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1},
+        "backend": {"enum": ["pytorch", "onnxruntime", "tensorrt"]},
+        "precision": {"enum": ["fp32", "fp16", "bf16", "int8"]},
+        "device": {"type": "string"},
+        "status": {"enum": ["ok", "skipped", "error", "nonfinite"]},
+        "reason": _STRING_OR_NULL,
+        "settings": {"type": "object"},
+        "accuracy": _ACCURACY,
+        "latency": {"type": "array", "items": _LATENCY_ENTRY},
+        "max_batch_size": {"type": "integer", "minimum": 1},
+    },
+    "allOf": [
+        {"if": {"properties": {"status": {"enum": ["skipped", "error", "nonfinite"]}}}, "then": {"properties": {"reason": {"type": "string"}}}},
+    ],
+}
+
+RESULTS_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://github.com/resnet-deploy/resnet-deploy/docs/results-schema.json",
+    "title": "resnet-deploy benchmark results",
+    "type": "object",
+    "required": [
+        "format", "version", "run_name", "created", "command", "hardware", "software", "model", "dataset",
+        "baseline", "settings", "rows", "verification",
+    ],
+    "properties": {
+        "format": {"const": "resnet-deploy/bench"},
+        "version": {"const": 1},
+        "run_name": {"type": "string", "minLength": 1},
+        "created": {"type": "string"},
+        "command": {"type": ["array", "null"], "items": {"type": "string"}},
+        "hardware": {
+            "type": "object",
+            "required": ["cpu_model", "logical_cpus", "physical_cores", "memory_gb", "gpus"],
+            "properties": {
+                "cpu_model": {"type": "string"},
+                "logical_cpus": {"type": ["integer", "null"]},
+                "physical_cores": {"type": "integer", "minimum": 1},
+                "affinity_cpus": {"type": ["integer", "null"]},
+                "memory_gb": _NUMBER_OR_NULL,
+                "platform": {"type": "string"},
+                "gpus": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "compute_capability"], "properties": {"name": {"type": "string"}}},
+                },
+            },
+        },
+        "software": {
+            "type": "object",
+            "required": ["python", "torch", "onnxruntime", "tensorrt"],
+            "properties": {
+                "tensorrt": {
+                    "type": ["object", "null"],
+                    "properties": {"flavour": {"type": "string"}, "version": {"type": "string"}},
+                },
+                "onnxruntime_providers": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "model": {
+            "type": "object",
+            "required": ["spec", "checkpoint", "num_classes"],
+            "properties": {
+                "spec": {"type": "object", "required": ["name"]},
+                "checkpoint": {"type": "object", "required": ["path", "sha256"]},
+                "num_classes": {"type": "integer", "minimum": 2},
+            },
+        },
+        "dataset": {
+            "type": "object",
+            "required": ["name", "split", "size"],
+            "properties": {"name": {"type": "string"}, "split": {"const": "test"}, "size": {"type": "integer", "minimum": 1}},
+        },
+        "baseline": {"type": "string"},
+        "settings": {
+            "type": "object",
+            "required": ["batch_sizes", "include_copies", "accuracy_batch_size"],
+            "properties": {
+                "batch_sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+                "include_copies": {"type": "boolean"},
+                "accuracy_batch_size": {"type": "integer", "minimum": 1},
+            },
+        },
+        "rows": {"type": "array", "items": _ROW, "minItems": 1},
+        "verification": {
+            "type": ["object", "null"],
+            "required": ["thresholds", "passed", "failures"],
+            "properties": {
+                "thresholds": {
+                    "type": "object",
+                    "required": ["fp32_min_agreement", "fp16_min_agreement", "int8_max_top1_drop"],
+                },
+                "passed": {"type": "boolean"},
+                "failures": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["row", "check", "value", "threshold", "message"]},
+                },
+            },
+        },
+        "pipeline": {
+            "type": "object",
+            "required": ["stages"],
+            "properties": {
+                "stages": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "status"],
+                        "properties": {"status": {"enum": ["done", "current", "skipped", "failed"]}, "reason": _STRING_OR_NULL},
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def validate_results(results: dict) -> None:
+    """Raise ``jsonschema.ValidationError`` if ``results`` does not follow RESULTS_SCHEMA.
+
+    Needs the ``jsonschema`` package (the dev extra); without it this is a no-op.
+    """
+    try:
+        import jsonschema
+    except ImportError:
+        return
+    jsonschema.validate(results, RESULTS_SCHEMA)
+
+
+# ============================================================================================ markdown
+
+
+def _fmt(value, spec: str = ".2f", empty: str = "–") -> str:
+    if value is None:
+        return empty
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def _ok_entries(row: dict) -> dict[int, dict]:
+    return {e["batch_size"]: e for e in row.get("latency", []) if e["status"] == "ok"}
+
+
+def _batch_sizes(results: dict) -> list[int]:
+    sizes = set(results["settings"].get("batch_sizes", []))
+    for row in results["rows"]:
+        sizes.update(e["batch_size"] for e in row.get("latency", []))
+    return sorted(sizes)
+
+
+def _describe_settings(row: dict) -> str:
+    settings = row.get("settings") or {}
+    parts = []
+    for key in ("execution", "execution_provider", "intra_op_threads", "torch_threads", "graph_optimization", "autocast", "cuda_graph"):
+        if settings.get(key) not in (None, False, ""):
+            label = {"intra_op_threads": "intra-op threads", "torch_threads": "torch threads", "graph_optimization": "graph opt"}.get(key, key.replace("_", " "))
+            parts.append(f"{label} {settings[key]}" if key not in ("execution", "execution_provider") else str(settings[key]))
+    quant = settings.get("quantization")
+    if quant:
+        parts.append(f"int8 {quant['label']} (activations {quant['activations']}, weights {quant['weights']}, {quant['format']})")
+    if settings.get("export_scheme"):
+        parts.append(f"export scheme `{settings['export_scheme']}`")
+    for key in ("onnx", "engine"):
+        if settings.get(key):
+            parts.append(f"`{settings[key]}`")
+    if settings.get("profile_batch"):
+        parts.append(f"profile batch {settings['profile_batch'][0]}..{settings['profile_batch'][1]}")
+    artifact = settings.get("artifact")
+    if isinstance(artifact, dict) and artifact.get("path"):
+        parts.append(f"`{artifact['path']}`")
+    return ", ".join(parts) or "–"
+
+
+def render_markdown(results: dict) -> str:
+    """The human report: what was measured, on what, and whether it passed."""
+    hw, sw = results["hardware"], results["software"]
+    settings = results["settings"]
+    baseline = results["baseline"]
+    rows = results["rows"]
+    sizes = _batch_sizes(results)
+    show_top5 = results["model"].get("num_classes", 10) > 10
+    lines = [f"# Benchmark `{results['run_name']}`", ""]
+    spec = results["model"]["spec"]
+    checkpoint = results["model"]["checkpoint"]
+    lines.append(
+        f"**Model** {spec.get('name')} ({results['model']['num_classes']} classes), checkpoint `{checkpoint['path']}` "
+        f"(sha256 `{str(checkpoint['sha256'])[:12]}`). **Test set** {results['dataset']['name']}, "
+        f"{results['dataset']['size']:,} images (full test split unless a subset was asked for)."
+    )
+    gpus = ", ".join(f"{g['name']} (SM {g['compute_capability']})" for g in hw.get("gpus", [])) or "none"
+    lines.append(
+        f"**Hardware** {hw['cpu_model']}, {hw['physical_cores']} physical cores ({hw.get('logical_cpus')} logical, "
+        f"{hw.get('affinity_cpus')} usable), {_fmt(hw.get('memory_gb'), '.1f')} GB RAM; GPU: {gpus}."
+    )
+    trt = sw.get("tensorrt")
+    lines.append(
+        f"**Software** torch {sw['torch']}, onnxruntime {sw.get('onnxruntime') or 'not installed'} "
+        f"({', '.join(sw.get('onnxruntime_providers') or []) or '–'}), TensorRT "
+        f"{(trt['flavour'] + ' ' + trt['version']) if trt else 'not installed'}, Python {sw['python']}."
+    )
+    copies = "included" if settings.get("include_copies", True) else "excluded"
+    lines.append(
+        f"**Timing** per batch size: warm-up (>= {settings.get('warmup_iterations')} iterations and "
+        f"{settings.get('warmup_seconds')} s), then >= {settings.get('min_iterations')} synchronised iterations and "
+        f">= {settings.get('min_seconds')} s until the mean's relative standard error is <= "
+        f"{100 * settings.get('target_rel_error', 0):.0f}% (at most {settings.get('max_seconds')} s). CPU rows timed with "
+        f"`perf_counter_ns`, GPU rows with CUDA events. Host<->device copies on GPU rows: **{copies}**. "
+        f"Throughput = batch / mean latency. Accuracy pass batch size {settings.get('accuracy_batch_size')}."
+    )
+    lines.append(f"**Baseline** `{baseline}`: every delta, agreement and speedup is against it.")
+    lines.append("")
+
+    lines += ["## Accuracy parity", ""]
+    header = ["Row", "Precision", "Device", "Top-1 %", "Δ top-1 (pts)"]
+    if show_top5:
+        header += ["Top-5 %", "Δ top-5 (pts)"]
+    header += ["Agreement %", "max \\|Δ logit\\|", "mean \\|Δ logit\\|", "Status"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        acc = row.get("accuracy")
+        cells = [f"`{row['name']}`", row["precision"], row["device"]]
+        if acc:
+            cells += [_fmt(acc["top1"]), _fmt(acc["delta_top1"], "+.2f")]
+            if show_top5:
+                cells += [_fmt(acc["top5"]), _fmt(acc["delta_top5"], "+.2f")]
+            cells += [_fmt(acc["agreement"]), _fmt(acc["max_abs_diff"], ".2e"), _fmt(acc["mean_abs_diff"], ".2e")]
+        else:
+            cells += ["–"] * (7 if show_top5 else 5)
+        cells.append(row["status"] if row["status"] == "ok" else f"**{row['status']}**")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    measured = [row for row in rows if _ok_entries(row)]
+    if measured:
+        lines += [f"## Throughput (images/s; speedup vs `{baseline}`)", ""]
+        lines += ["| Row | " + " | ".join(f"bs {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
+        for row in rows:
+            if not row.get("latency"):
+                continue
+            by_size = {e["batch_size"]: e for e in row["latency"]}
+            cells = []
+            for size in sizes:
+                entry = by_size.get(size)
+                if entry is None:
+                    cells.append("–")
+                elif entry["status"] != "ok":
+                    cells.append(entry["status"].upper())
+                else:
+                    speed = entry.get("speedup_vs_baseline")
+                    cells.append(f"{entry['images_per_sec']:,.0f}" + (f" ({speed:.2f}x)" if speed else ""))
+            lines.append(f"| `{row['name']}` | " + " | ".join(cells) + " |")
+        lines.append("")
+
+        lines += ["## Latency", ""]
+        lines += [
+            "| Row | Batch | p50 ms | p90 ms | p99 ms | mean ms | images/s | speedup | peak memory MB | iterations | copies |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            for entry in row.get("latency", []):
+                if entry["status"] == "ok":
+                    memory = f"{_fmt(entry.get('peak_memory_mb'), '.0f')} ({'CUDA alloc' if entry.get('memory_kind') == 'cuda_allocated' else 'RSS'})"
+                    lines.append(
+                        f"| `{row['name']}` | {entry['batch_size']} | {entry['p50_ms']:.3f} | {entry['p90_ms']:.3f} | {entry['p99_ms']:.3f} | "
+                        f"{entry['mean_ms']:.3f} | {entry['images_per_sec']:,.0f} | {_fmt(entry.get('speedup_vs_baseline'), '.2f')}x | "
+                        f"{memory} | {entry['iterations']} | {entry['host_device_copies']} |"
+                    )
+                else:
+                    lines.append(f"| `{row['name']}` | {entry['batch_size']} | **{entry['status']}**: {entry.get('message') or ''} |||||||||")
+        lines.append("")
+
+    lines += _int8_scheme_note(rows)
+
+    lines += ["## Rows and their settings", ""]
+    for row in rows:
+        lines.append(f"- `{row['name']}` ({row['backend']}, {row['precision']}, {row['device']}): {_describe_settings(row)}")
+    lines.append("")
+
+    problems = [row for row in rows if row["status"] != "ok"]
+    if problems:
+        lines += ["## Skipped and failed rows", ""]
+        for row in problems:
+            lines.append(f"- `{row['name']}` **{row['status']}**: {row['reason']}")
+        lines.append("")
+
+    pipeline = results.get("pipeline")
+    if pipeline:
+        lines += ["## Pipeline stages", "", "| Stage | Status | Detail |", "|---|---|---|"]
+        for stage in pipeline["stages"]:
+            lines.append(f"| {stage['name']} | {stage['status']} | {stage.get('reason') or ''} |")
+        lines.append("")
+
+    verification = results.get("verification")
+    lines += ["## Verification", ""]
+    if verification is None:
+        lines.append("Not requested (run with `--verify` to gate on the thresholds).")
+    else:
+        thresholds = verification["thresholds"]
+        lines.append(
+            f"Thresholds: FP32 rows agree >= {thresholds['fp32_min_agreement']}% with FP32 PyTorch, FP16/BF16 rows >= "
+            f"{thresholds['fp16_min_agreement']}%, int8 rows lose <= {thresholds['int8_max_top1_drop']} top-1 points."
+        )
+        lines.append("")
+        if verification["passed"]:
+            lines.append("**PASSED**: every row that ran met its threshold.")
+        else:
+            lines.append(f"**FAILED** ({len(verification['failures'])}):")
+            lines += [f"- {failure['message']}" for failure in verification["failures"]]
+    lines.append("")
+    lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
+    return "\n".join(lines)
+
+
+def _int8_scheme_note(rows: list[dict]) -> list[str]:
+    """Why the CPU int8 row uses U8S8: show U8S8 and S8S8 side by side when both ran."""
+    by_label: dict[str, dict] = {}
+    for row in rows:
+        quant = (row.get("settings") or {}).get("quantization")
+        if row["backend"] == "onnxruntime" and row["device"] == "cpu" and quant and _ok_entries(row):
+            by_label.setdefault(quant["label"], row)
+    if not {"U8S8", "S8S8"} <= set(by_label):
+        return []
+    u8, s8 = by_label["U8S8"], by_label["S8S8"]
+    common = sorted(set(_ok_entries(u8)) & set(_ok_entries(s8)))
+    if not common:
+        return []
+    size = common[-1]
+    fast, slow = _ok_entries(u8)[size]["images_per_sec"], _ok_entries(s8)[size]["images_per_sec"]
+    return [
+        "## int8 on the CPU: U8S8 vs S8S8",
+        "",
+        f"At batch {size}, `{u8['name']}` (unsigned 8-bit activations, signed weights) ran at {fast:,.0f} images/s and "
+        f"`{s8['name']}` (signed symmetric activations, TensorRT's scheme) at {slow:,.0f} images/s ({fast / slow:.2f}x). "
+        "ONNX Runtime's x86 int8 convolution kernels (VNNI/AVX2 u8*s8 dot products) take unsigned activations; "
+        "signed activations leave that fast path, so the CPU deployment uses the U8S8 file and the S8S8 file is for TensorRT.",
+        "",
+    ]
+
+
+# ============================================================================================ plots
+
+
+def plot_latency(results: dict, path: str | os.PathLike) -> None:
+    """p50 latency (with p90 as the upper whisker) and throughput against batch size, per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_latency, ax_throughput) = plt.subplots(1, 2, figsize=(12, 4.8))
+    plotted = 0
+    for row in results["rows"]:
+        entries = sorted(_ok_entries(row).values(), key=lambda e: e["batch_size"])
+        if not entries:
+            continue
+        sizes = [e["batch_size"] for e in entries]
+        p50 = [e["p50_ms"] for e in entries]
+        upper = [max(0.0, e["p90_ms"] - e["p50_ms"]) for e in entries]
+        lower = [max(0.0, e["p50_ms"] - e["min_ms"]) for e in entries]
+        ax_latency.errorbar(sizes, p50, yerr=[lower, upper], marker="o", capsize=3, label=row["name"])
+        ax_throughput.plot(sizes, [e["images_per_sec"] for e in entries], marker="o", label=row["name"])
+        plotted += 1
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    sizes = _batch_sizes(results)
+    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    for axis, label in ((ax_latency, "latency per batch, ms (p50; whiskers min..p90)"), (ax_throughput, "throughput, images/s")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        if sizes:
+            axis.set_xticks(sizes)
+        axis.xaxis.set_major_formatter(plain)
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.yaxis.set_major_formatter(plain)
+        axis.yaxis.set_minor_formatter(plain)
+        axis.set_xlabel("batch size")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    if plotted:
+        ax_throughput.legend(fontsize=8)
+    else:
+        ax_latency.text(0.5, 0.5, "no latency measured", ha="center", transform=ax_latency.transAxes)
+    hw = results["hardware"]
+    device = ", ".join(g["name"] for g in hw.get("gpus", [])) or f"{hw['cpu_model']} ({hw['physical_cores']} cores)"
+    copies = "copies included" if results["settings"].get("include_copies", True) else "copies excluded"
+    fig.suptitle(f"{results['run_name']}: {results['model']['spec'].get('name')} on {device}; {copies}", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_throughput(results: dict, path: str | os.PathLike) -> None:
+    """Top-1 against images/s at the largest batch size the baseline measured (each row's largest
+    measured batch up to it when the row could not run that one)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    baseline = next((r for r in results["rows"] if r["name"] == results["baseline"]), None)
+    reference = max(_ok_entries(baseline)) if baseline and _ok_entries(baseline) else None
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for row in results["rows"]:
+        entries = _ok_entries(row)
+        if not row.get("accuracy") or not entries:
+            continue
+        candidates = [b for b in entries if reference is None or b <= reference] or list(entries)
+        size = max(candidates)
+        x, y = entries[size]["images_per_sec"], row["accuracy"]["top1"]
+        marker = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}.get(row["precision"], "o")
+        ax.scatter([x], [y], marker=marker, s=60)
+        label = row["name"] + ("" if size == reference else f" (bs {size})")
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if baseline and baseline.get("accuracy"):
+        top1 = baseline["accuracy"]["top1"]
+        drop = (results.get("verification") or {}).get("thresholds", {}).get("int8_max_top1_drop", 0.5)
+        ax.axhline(top1, color="grey", linestyle="--", linewidth=1, label=f"FP32 PyTorch top-1 {top1:.2f}%")
+        ax.axhline(top1 - drop, color="red", linestyle=":", linewidth=1, label=f"int8 gate (-{drop} pts)")
+        ax.legend(fontsize=8, loc="lower right")
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
+    ax.set_xlabel(f"throughput, images/s (batch {reference})" if reference else "throughput, images/s")
+    ax.set_ylabel("top-1 accuracy, %")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(f"{results['run_name']}: accuracy vs throughput", fontsize=10)
+    fig.tight_layout()
+    _save_figure(fig, path)
+    plt.close(fig)
+
+
+def _save_figure(fig, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+
+
+# ============================================================================================ writing
+
+
+def write_report(results: dict, directory: str | os.PathLike) -> dict[str, Path]:
+    """Validate and write results.json, report.md and both plots into ``directory``."""
+    validate_results(results)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "results": directory / "results.json",
+        "markdown": directory / "report.md",
+        "latency_plot": directory / "latency_vs_batch.png",
+        "accuracy_plot": directory / "accuracy_vs_throughput.png",
+    }
+    write_json(paths["results"], results)
+    atomic_write_text(paths["markdown"], render_markdown(results))
+    plot_latency(results, paths["latency_plot"])
+    plot_accuracy_vs_throughput(results, paths["accuracy_plot"])
+    return paths
