@@ -176,11 +176,9 @@ def build_runners(
                 )
             )
         for artifact in engines:
+            # Built even without a GPU: activation checks the engine first (an error if broken), then
+            # reports the missing GPU as a skip.
             name = f"tensorrt-{artifact['precision']}" + ("-cudagraph" if options.cuda_graph else "")
-            reason = cuda_unavailable_reason()
-            if reason:
-                runners.append(SkippedRunner(name, "tensorrt", artifact["precision"], f"cuda:{options.device_id}", reason))
-                continue
             path = _resolve(export_dir, artifact["path"])
             _check_hash(path, artifact.get("sha256"))
             onnx = _resolve(export_dir, artifact["onnx"]) if artifact.get("onnx") else None

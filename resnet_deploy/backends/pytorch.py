@@ -129,21 +129,21 @@ def autocast_runner(model: torch.nn.Module, precision: str, device: str = "cuda"
 
 
 def int8_runner(artifact_dir: str | Path, checkpoint: str | Path | None = None, threads: int | None = None) -> PyTorchRunner:
-    """int8 from a ``resnet-deploy quantize`` artifact, lowered for x86 CPUs by the quantize stage."""
-    from ..fileio import sha256_file
+    """int8 from a ``resnet-deploy quantize`` artifact, lowered for x86 CPUs by the quantize stage.
 
+    ``load_quantized`` checks the artifact's file hashes (and, with ``checkpoint``, that it was made from
+    that FP32 checkpoint) when the runner is activated.
+    """
     artifact_dir = Path(artifact_dir)
     if not artifact_dir.is_dir():
         raise UserError(f"quantized artifact directory not found: {artifact_dir}", hint="create it with `resnet-deploy quantize`")
+    artifact: dict = {"path": str(artifact_dir)}
 
     def load() -> Callable:
-        try:
-            from ..quantize import load_quantized
-        except ImportError as exc:  # the quantize stage is part of this package; this is a broken install
-            raise BackendUnavailable(f"the quantize stage cannot be imported: {exc}") from exc
+        from ..quantize import load_quantized
+
         quantized = load_quantized(artifact_dir, checkpoint)
+        artifact.update(target=quantized.target, method=quantized.method, checkpoint_sha256=quantized.checkpoint_sha256)
         return quantized.int8_cpu_callable()
 
-    files = sorted(p for p in artifact_dir.iterdir() if p.is_file() and p.suffix in (".pt", ".pt2", ".json"))
-    artifact = {"path": str(artifact_dir), "files": {p.name: sha256_file(p) for p in files}}
     return PyTorchRunner(loader=load, name="pytorch-int8-x86", precision="int8", device="cpu", threads=threads, artifact=artifact)

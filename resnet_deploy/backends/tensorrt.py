@@ -104,11 +104,13 @@ class TensorRTRunner(Runner):
 
         trt, self.flavour, version = import_tensorrt()
         self.trt_version = str(version)
+        export = _export_api()
+        # The engine's own checks first (sidecar hash, TensorRT version, GPU architecture, source ONNX):
+        # a broken or stale engine is an error even on a machine that could not run a good one.
+        self.sidecar = export.check_engine(self.engine_path, self.onnx_path)
         reason = cuda_unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
-        export = _export_api()
-        self.sidecar = export.check_engine(self.engine_path, self.onnx_path)  # GPU arch / TRT version / ONNX hash
         torch.cuda.set_device(self.device_id)
         engine = export.deserialize_engine(self.engine_path)
         if engine is None:
