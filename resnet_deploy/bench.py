@@ -606,18 +606,19 @@ def benchmark_artifacts(
     run_name: str,
     output_dir: str | os.PathLike,
     checkpoint: str | os.PathLike | None = None,
-    export_dir: str | os.PathLike | None = None,
-    quantized_dir: str | os.PathLike | None = None,
+    export_dirs: Sequence[str | os.PathLike] = (),
+    quantized_dirs: Sequence[str | os.PathLike] = (),
     thresholds: Thresholds | None = None,
     command: Iterable[str] | None = None,
     extra: dict | None = None,
 ) -> tuple[dict, dict]:
     """Bench a checkpoint and its artifacts on ``dataset``'s test split and write the report.
 
-    ``options`` is a :class:`~resnet_deploy.backends.RunnerOptions`. The checkpoint defaults to the one
-    the export manifest names. With ``thresholds`` the results carry a verification verdict; the caller
-    raises on failure (``raise_if_failed``) after the report is written, so a failing run still leaves
-    its evidence. Returns (results, paths written).
+    ``options`` is a :class:`~resnet_deploy.backends.RunnerOptions`. ``export_dirs``: export directories
+    (manifest.json) of this checkpoint; ``quantized_dirs``: quantize artifacts for PyTorch int8 rows. The
+    checkpoint defaults to the one the first export manifest names. With ``thresholds`` the results carry
+    a verification verdict; the caller raises on failure (``raise_if_failed``) after the report is
+    written, so a failing run still leaves its evidence. Returns (results, paths written).
     """
     from pathlib import Path
 
@@ -628,33 +629,35 @@ def benchmark_artifacts(
 
     settings.validate()
     output_dir = ensure_writable_dir(output_dir, what="benchmark output directory")
-    manifest = load_export_manifest(export_dir) if export_dir is not None else None
+    exports = [(Path(d), load_export_manifest(d)) for d in export_dirs]
     if checkpoint is None:
-        if manifest is None:
+        if not exports:
             raise UserError("give a checkpoint (--checkpoint) or an export directory (--export) whose manifest names one")
-        checkpoint = Path(manifest["checkpoint"]["path"])
-        if not checkpoint.is_file() and (Path(export_dir) / checkpoint).is_file():
-            checkpoint = Path(export_dir) / checkpoint
+        first_dir, first = exports[0]
+        checkpoint = Path(first["checkpoint"]["path"])
+        if not checkpoint.is_file() and (first_dir / checkpoint).is_file():
+            checkpoint = first_dir / checkpoint
+        if not checkpoint.is_file():
+            raise UserError(f"the checkpoint {checkpoint} named by {first_dir}/manifest.json is not there", hint="pass --checkpoint")
     loaded = load_checkpoint(checkpoint)
-    if manifest is not None and manifest.get("checkpoint", {}).get("sha256") not in (None, loaded.sha256):
-        raise UserError(
-            f"{export_dir} was exported from a different checkpoint than {checkpoint} (sha256 differs)",
-            hint="bench the checkpoint the export was made from, or export this one",
-        )
+    for export_dir, manifest in exports:
+        if manifest.get("checkpoint", {}).get("sha256") not in (None, loaded.sha256):
+            raise UserError(
+                f"{export_dir} was exported from a different checkpoint than {checkpoint} (sha256 differs)",
+                hint="bench the checkpoint the export was made from, or export this one",
+            )
     check_dataset_matches(loaded, dataset.classes, dataset.name)
-    runners = build_runners(
-        loaded.model, options, export_dir=export_dir, manifest=manifest, quantized_dir=quantized_dir, checkpoint=loaded.path
-    )
+    runners = build_runners(loaded.model, options, exports=exports, quantized=list(quantized_dirs), checkpoint=loaded.path)
     measured = run_benchmark(runners, dataset.test_images, dataset.test_labels, loaded.normalization, settings)
     results = build_results(
         measured,
         run_name=run_name,
         model={
-            "spec": loaded.spec.to_dict() if hasattr(loaded.spec, "to_dict") else dict(vars(loaded.spec)),
+            "spec": loaded.spec.to_dict(),
             "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256},
             "num_classes": loaded.spec.num_classes,
-            "export_dir": str(export_dir) if export_dir is not None else None,
-            "quantized_dir": str(quantized_dir) if quantized_dir is not None else None,
+            "export_dirs": [str(d) for d, _ in exports],
+            "quantized_dirs": [str(d) for d in quantized_dirs],
         },
         dataset={"name": dataset.name, "split": "test", "size": int(len(dataset.test_images)), "source": dataset.source},
         command=command,

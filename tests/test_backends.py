@@ -229,7 +229,7 @@ def manifest_for(onnx_files: dict[str, Path], folder: Path, engines: bool = Fals
 
 def test_build_runners_rows_and_skips(model, onnx_files, tmp_path):
     manifest = manifest_for(onnx_files, tmp_path, engines=True)
-    runners = build_runners(model, RunnerOptions(threads=1), export_dir=tmp_path, manifest=manifest)
+    runners = build_runners(model, RunnerOptions(threads=1), exports=[(tmp_path, manifest)])
     names = [r.name for r in runners]
     assert names[0] == "pytorch-fp32"
     assert {"onnxruntime-fp32", "onnxruntime-int8-u8s8", "onnxruntime-int8-s8s8"} <= set(names)
@@ -240,7 +240,7 @@ def test_build_runners_rows_and_skips(model, onnx_files, tmp_path):
     if not torch.cuda.is_available():
         assert "pytorch-fp16" in skipped and "pytorch-bf16" in skipped
     # Only what was asked for (plus the baseline).
-    only = build_runners(model, RunnerOptions(backends=["onnxruntime"], precisions=["int8"], threads=1), export_dir=tmp_path, manifest=manifest)
+    only = build_runners(model, RunnerOptions(backends=["onnxruntime"], precisions=["int8"], threads=1), exports=[(tmp_path, manifest)])
     assert [r.name for r in only] == ["pytorch-fp32", "onnxruntime-int8-u8s8", "onnxruntime-int8-s8s8"]
 
 
@@ -248,7 +248,7 @@ def test_build_runners_refuses_changed_artifacts(model, onnx_files, tmp_path):
     manifest = manifest_for(onnx_files, tmp_path)
     manifest["artifacts"][0]["sha256"] = "0" * 64
     with pytest.raises(UserError, match="changed since it was exported"):
-        build_runners(model, RunnerOptions(), export_dir=tmp_path, manifest=manifest)
+        build_runners(model, RunnerOptions(), exports=[(tmp_path, manifest)])
 
 
 def test_build_runners_without_artifacts_lists_skips(model):
@@ -280,3 +280,13 @@ def test_tensorrt_engine_without_sidecar_is_refused(tmp_path):
     assert not runner.is_active
     if not torch.cuda.is_available():
         assert "none is visible" in cuda_unavailable_reason()
+
+
+def test_build_runners_merges_exports_without_repeating_artifacts(model, onnx_files, tmp_path):
+    full = manifest_for(onnx_files, tmp_path)
+    tensorrt_export = {**full, "artifacts": [a for a in full["artifacts"] if a.get("scheme") != "cpu"]}
+    cpu_export = {**full, "artifacts": [a for a in full["artifacts"] if a.get("scheme") != "tensorrt"]}
+    runners = build_runners(
+        model, RunnerOptions(backends=["onnxruntime"], threads=1), exports=[(tmp_path, tensorrt_export), (tmp_path, cpu_export)]
+    )
+    assert [r.name for r in runners] == ["pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8-s8s8", "onnxruntime-int8-u8s8"]

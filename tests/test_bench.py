@@ -322,3 +322,38 @@ def test_bench_cli_user_errors(arguments, message):
     result = CliRunner().invoke(main, ["-q", "bench", "--dataset", "synthetic", *arguments])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_bench_cli_verify_fails_on_a_perturbed_export_and_names_the_row(trained, tmp_path):
+    """An 'export' whose FP32 ONNX comes from perturbed weights: --verify exits 1 naming that row,
+    after writing the report that shows why."""
+    import warnings
+
+    from resnet_deploy.fileio import sha256_file, write_json
+
+    loaded, _, checkpoint = trained
+    export_dir = tmp_path / "exports" / "perturbed"
+    export_dir.mkdir(parents=True)
+    onnx_path = export_dir / "model-fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_perturbed(loaded.model, 0.05), (torch.randn(2, 3, 32, 32),), str(onnx_path), dynamo=True,
+                          input_names=["input"], output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    write_json(export_dir / "manifest.json", {
+        "format": "resnet-deploy/export", "version": 1, "checkpoint": {"path": str(checkpoint), "sha256": loaded.sha256},
+        "model": loaded.spec.to_dict(), "normalization": loaded.normalization.to_dict(), "classes": loaded.classes,
+        "input_name": "input", "output_name": "logits",
+        "artifacts": [{"kind": "onnx", "precision": "fp32", "scheme": None, "path": "model-fp32.onnx",
+                       "sha256": sha256_file(onnx_path), "dynamic_batch": True, "opset": 18}],
+    })
+    result = CliRunner().invoke(
+        main,
+        ["-q", "bench", "--export", str(export_dir), "--dataset", "synthetic", "--backend", "onnxruntime", "--no-latency",
+         "--threads", "1", "--name", "perturbed", "--output-root", str(tmp_path / "results"), "--verify"],
+    )
+    assert result.exit_code == 1, result.output
+    assert "verification failed" in result.output and "onnxruntime-fp32: top-1 agreement with FP32 PyTorch" in result.output
+    results = json.loads((tmp_path / "results" / "perturbed" / "results.json").read_text())
+    assert results["verification"]["passed"] is False
+    assert [f["row"] for f in results["verification"]["failures"]] == ["onnxruntime-fp32"]
+    assert "**FAILED**" in (tmp_path / "results" / "perturbed" / "report.md").read_text()

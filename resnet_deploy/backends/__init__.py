@@ -95,13 +95,17 @@ def build_runners(
     model,
     options: RunnerOptions,
     *,
-    export_dir: str | Path | None = None,
-    manifest: dict | None = None,
-    quantized_dir: str | Path | None = None,
+    exports: Sequence[tuple[str | Path, dict]] = (),
+    quantized: Sequence[str | Path] = (),
     checkpoint: str | Path | None = None,
 ) -> list[Runner | SkippedRunner]:
     """The benchmark's rows: ``pytorch-fp32`` (the baseline, always) first, then every requested
     backend/precision that has an artifact, and a SkippedRunner with the reason for each that cannot run.
+
+    ``exports``: (export directory, its manifest) pairs. Several exports of one checkpoint may be given
+    (e.g. one with the TensorRT-scheme int8 ONNX and engines, one with the CPU-scheme int8 ONNX); an
+    artifact whose (kind, precision, int8 scheme) an earlier export already supplied is not repeated.
+    ``quantized``: quantize artifact directories, one PyTorch int8 row each.
     """
     options.validate()
     wanted = set(options.precisions)
@@ -124,26 +128,32 @@ def build_runners(
             else:
                 runners.append(SkippedRunner(f"pytorch-{precision}", "pytorch", precision, device, f"{precision} autocast rows run on a GPU; this run uses --device {device}"))
         if "int8" in wanted:
-            if quantized_dir is not None:
-                runners.append(int8_runner(quantized_dir, checkpoint, threads=options.threads))
-            else:
+            if not quantized:
                 runners.append(SkippedRunner("pytorch-int8-x86", "pytorch", "int8", "cpu", "no quantized artifact given (--quantized calibration/RUN)"))
+            for directory in quantized:
+                runner = int8_runner(directory, checkpoint, threads=options.threads)
+                if len(quantized) > 1:
+                    runner.name = f"pytorch-int8-x86-{Path(directory).name}"
+                runners.append(runner)
 
-    artifacts = []
-    if manifest is not None:
-        if export_dir is None:
-            raise ValueError("export_dir is needed to resolve the manifest's artifact paths")
-        export_dir = Path(export_dir)
-        artifacts = manifest.get("artifacts", [])
+    artifacts: list[tuple[Path, dict]] = []
+    seen: set[tuple] = set()
+    for export_dir, manifest in exports:
+        for artifact in manifest.get("artifacts", []):
+            key = (artifact.get("kind"), artifact.get("precision"), artifact.get("scheme"), artifact.get("compute_capability"))
+            if key not in seen:
+                seen.add(key)
+                artifacts.append((Path(export_dir), artifact))
+    export_names = ", ".join(str(d) for d, _ in exports)
 
     if "onnxruntime" in options.backends:
-        onnx_artifacts = [a for a in artifacts if a.get("kind") == "onnx" and a.get("precision") in wanted]
-        if manifest is None:
+        onnx_artifacts = [(d, a) for d, a in artifacts if a.get("kind") == "onnx" and a.get("precision") in wanted]
+        if not exports:
             runners.append(SkippedRunner("onnxruntime", "onnxruntime", "fp32", "cpu", "no export directory given (--export exports/RUN)"))
         elif not onnx_artifacts:
-            runners.append(SkippedRunner("onnxruntime", "onnxruntime", "fp32", "cpu", f"{export_dir} has no ONNX file for precision {', '.join(sorted(wanted))}"))
+            runners.append(SkippedRunner("onnxruntime", "onnxruntime", "fp32", "cpu", f"{export_names} has no ONNX file for precision {', '.join(sorted(wanted))}"))
         ort_rows = []
-        for artifact in onnx_artifacts:
+        for export_dir, artifact in onnx_artifacts:
             path = _resolve(export_dir, artifact["path"])
             _check_hash(path, artifact.get("sha256"))
             ort_rows.append(
@@ -165,20 +175,21 @@ def build_runners(
         runners.extend(ort_rows)
 
     if "tensorrt" in options.backends:
-        engines = [a for a in artifacts if a.get("kind") == "tensorrt" and a.get("precision") in wanted]
-        if manifest is None:
+        engines = [(d, a) for d, a in artifacts if a.get("kind") == "tensorrt" and a.get("precision") in wanted]
+        if not exports:
             runners.append(SkippedRunner("tensorrt", "tensorrt", "int8", f"cuda:{options.device_id}", "no export directory given (--export exports/RUN)"))
         elif not engines:
-            runners.append(
-                SkippedRunner(
-                    "tensorrt", "tensorrt", "int8", f"cuda:{options.device_id}",
-                    f"{export_dir} has no TensorRT engine (export builds one only where TensorRT is installed)",
-                )
-            )
-        for artifact in engines:
+            reasons = [entry.get("reason") for _, m in exports for entry in m.get("skipped", []) if entry.get("kind") == "tensorrt"]
+            why = f": {reasons[0]}" if reasons and reasons[0] else " (export builds engines only where TensorRT is installed)"
+            runners.append(SkippedRunner("tensorrt", "tensorrt", "int8", f"cuda:{options.device_id}", f"{export_names} has no TensorRT engine{why}"))
+        names_used: set[str] = set()
+        for export_dir, artifact in engines:
             # Built even without a GPU: activation checks the engine first (an error if broken), then
             # reports the missing GPU as a skip.
             name = f"tensorrt-{artifact['precision']}" + ("-cudagraph" if options.cuda_graph else "")
+            if name in names_used and artifact.get("compute_capability"):
+                name += f"-sm{str(artifact['compute_capability']).replace('.', '')}"
+            names_used.add(name)
             path = _resolve(export_dir, artifact["path"])
             _check_hash(path, artifact.get("sha256"))
             onnx = _resolve(export_dir, artifact["onnx"]) if artifact.get("onnx") else None

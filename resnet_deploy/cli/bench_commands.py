@@ -131,13 +131,13 @@ def _print_summary(results: dict, paths: dict) -> None:
 
 @click.command()
 @click.option("--checkpoint", type=click.Path(), help="FP32 checkpoint (the baseline) [the one the export manifest names].")
-@click.option("--export", "export_dir", type=click.Path(), help="Export directory with manifest.json (ONNX files, TensorRT engines).")
-@click.option("--quantized", "quantized_dir", type=click.Path(), help="A `resnet-deploy quantize` artifact directory for the PyTorch int8 row.")
+@click.option("--export", "export_dirs", multiple=True, type=click.Path(), help="Export directory with manifest.json (ONNX files, TensorRT engines); repeat for several exports of one checkpoint (e.g. CPU- and TensorRT-scheme int8).")
+@click.option("--quantized", "quantized_dirs", multiple=True, type=click.Path(), help="A `resnet-deploy quantize` artifact directory: a PyTorch int8 row (x86 CPU lowering); repeatable.")
 @dataset_options
 @bench_options
 @click.option("--name", "run_name", default="bench", show_default=True, help="Run name: results go to OUTPUT_ROOT/NAME/.")
 @click.option("--output-root", default="benchmarks/results", show_default=True, type=click.Path(), help="Folder holding one folder per run.")
-def bench(checkpoint, export_dir, quantized_dir, load_data, run_name, output_root, **options):
+def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_root, **options):
     """Accuracy parity and speed of every backend against FP32 PyTorch eager, on this machine.
 
     Runs the full test split through each row (top-1, Δ vs FP32, top-1 agreement, logit differences),
@@ -148,6 +148,7 @@ def bench(checkpoint, export_dir, quantized_dir, load_data, run_name, output_roo
     \b
     Examples:
       resnet-deploy bench --export exports/r20 --quantized calibration/r20 --data-dir DATA --name r20
+      resnet-deploy bench --export exports/r20 --export exports/r20-cpu --data-dir DATA   (S8S8 and U8S8 int8)
       resnet-deploy bench --checkpoint runs/r20/best.pt --backend pytorch --batch-sizes 1,64 --data-dir DATA
       resnet-deploy bench --export exports/r20 --backend onnxruntime --precision int8 --verify --data-dir DATA
       resnet-deploy bench --export exports/r50 --backend tensorrt --device cuda --cuda-graph --no-copies --data-dir DATA
@@ -156,7 +157,7 @@ def bench(checkpoint, export_dir, quantized_dir, load_data, run_name, output_roo
     from ..bench import benchmark_artifacts, raise_if_failed
 
     runner_options, settings, thresholds = make_bench_config(options)
-    if checkpoint is None and export_dir is None:
+    if checkpoint is None and not export_dirs:
         raise UserError("give --checkpoint, --export, or both", hint="e.g. resnet-deploy bench --export exports/r20 --data-dir DATA")
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UserError(f"--name must be a plain folder name, got {run_name!r}")
@@ -168,8 +169,8 @@ def bench(checkpoint, export_dir, quantized_dir, load_data, run_name, output_roo
         run_name=run_name,
         output_dir=Path(output_root) / run_name,
         checkpoint=checkpoint,
-        export_dir=export_dir,
-        quantized_dir=quantized_dir,
+        export_dirs=export_dirs,
+        quantized_dirs=quantized_dirs,
         thresholds=thresholds,
         command=["resnet-deploy", *sys.argv[1:]],
     )
