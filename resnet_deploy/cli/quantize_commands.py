@@ -1,3 +1,126 @@
-"""Commands of the quantize stage (filled in by that stage)."""
+"""``quantize``: FP32 checkpoint -> int8 model (PTQ or QAT) with TensorRT- or CPU-style Q/DQ."""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+from .options import dataset_options, echo_json
+
+TARGETS = ("tensorrt", "cpu")
+METHODS = ("minmax", "ema", "percentile", "entropy", "mse")
+
+
+def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
+    """``runs/r20/best.pt`` -> ``r20-tensorrt`` (``-qat`` added for QAT)."""
+    path = Path(checkpoint)
+    base = path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
+    return f"{base or 'model'}-{target}{'-qat' if qat else ''}"
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path())
+@dataset_options
+@click.option("--target", type=click.Choice(TARGETS), default="tensorrt", show_default=True,
+              help="tensorrt: signed int8, symmetric, zero-point 0 (TensorRT's explicit quantization). "
+              "cpu: U8S8 (uint8 asymmetric activations, int8 per-channel weights) for x86 int8 kernels / ONNX Runtime.")
+@click.option("--method", type=click.Choice(METHODS), default="mse", show_default=True,
+              help="Activation range calibration: minmax, ema (moving-average min-max), percentile, "
+              "entropy (TensorRT's KL), mse (expected quantization error).")
+@click.option("--percentile", default=99.99, show_default=True, type=float, help="For --method percentile.")
+@click.option("--calib-size", default=1000, show_default=True, type=int,
+              help="Calibration images, taken deterministically from the TRAINING split (never test).")
+@click.option("--keep-float", default="", help="Comma-separated layers to keep in floating point: "
+              "'first' (first conv), 'last' (last FC) or names such as layers.2.2.conv2.")
+@click.option("--output", "-o", type=click.Path(), help="Artifact directory [calibration/<run-name>].")
+@click.option("--run-name", help="Name of the artifact directory under calibration/ [<checkpoint dir>-<target>].")
+@click.option("--eval-batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning instead of post-training calibration.")
+@click.option("--epochs", default=3, show_default=True, type=int, help="QAT: fine-tuning epochs.")
+@click.option("--lr", default=1e-3, show_default=True, type=float, help="QAT: learning rate (cosine-decayed).")
+@click.option("--batch-size", default=128, show_default=True, type=int, help="QAT: batch size.")
+@click.option("--freeze-observers-epoch", default=2, show_default=True, type=int,
+              help="QAT: from this epoch (0-based) on, quantization ranges stop moving.")
+@click.option("--freeze-bn-epoch", default=1, show_default=True, type=int,
+              help="QAT: from this epoch (0-based) on, BatchNorm statistics stop updating.")
+@click.option("--resume", is_flag=True, help="QAT: continue from OUTPUT/qat_state.pt after an interruption.")
+@click.option("--sensitivity", is_flag=True, help="Also rank layers by the accuracy they lose when quantized "
+              "and write sensitivity.json with a mixed-precision plan.")
+@click.option("--sensitivity-mode", type=click.Choice(["only", "leave-out"]), default="only", show_default=True,
+              help="only: quantize one layer at a time. leave-out: quantize all but one layer.")
+@click.option("--sensitivity-images", default=2000, show_default=True, type=click.IntRange(min=100),
+              help="Test images per sensitivity evaluation (the full set is used for the final model).")
+@click.option("--max-float-layers", default=2, show_default=True, type=click.IntRange(min=0),
+              help="Sensitivity: at most this many layers in the mixed-precision plan.")
+def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, output, run_name, eval_batch_size,
+             qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, sensitivity, sensitivity_mode,
+             sensitivity_images, max_float_layers):
+    """Quantize CHECKPOINT to int8 and measure it against FP32 on the full test split.
+
+    Writes calibration/<run-name>/: manifest.json (checkpoint sha256, settings, metrics),
+    program.pt2 (torch.export program with Q/DQ, dynamic batch) and qparams.json (every scale and
+    zero-point). Loading it with a different checkpoint is refused.
+
+    \b
+    Examples:
+      resnet-deploy quantize runs/r20/best.pt --data-dir ../shared/datasets/cifar10-jpeg.tar.xz
+      resnet-deploy quantize runs/r20/best.pt --target cpu --method percentile --data-dir DATA
+      resnet-deploy quantize runs/r20/best.pt --keep-float first,last --data-dir DATA
+      resnet-deploy quantize runs/r20/best.pt --qat --epochs 3 --lr 1e-3 --data-dir DATA
+      resnet-deploy quantize runs/r20/best.pt --sensitivity --data-dir DATA
+    """
+    from ..checkpoint import check_dataset_matches, load_checkpoint
+    from .. import quantize as quantize_stage
+
+    if qat and sensitivity:
+        raise UserError("--sensitivity analyses post-training quantization; run it without --qat")
+    if not qat and resume:
+        raise UserError("--resume continues an interrupted --qat run; add --qat")
+    keep = [part.strip() for part in keep_float.split(",") if part.strip()]
+    name = run_name or default_run_name(checkpoint, target, qat)
+    if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
+        raise UserError(f"--run-name must be a plain directory name, got {run_name!r}")
+    output_dir = Path(output) if output else Path("calibration") / name
+    loaded = load_checkpoint(checkpoint)
+    dataset = load_data()
+    check_dataset_matches(loaded, dataset.classes, dataset.name)
+    command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+    common = dict(target=target, method=method, calib_size=calib_size, keep_float=keep, percentile=percentile,
+                  eval_batch_size=eval_batch_size, command=command)
+    if (qat and not hasattr(quantize_stage, "quantize_qat")) or (sensitivity and not hasattr(quantize_stage, "sensitivity_analysis")):
+        raise UserError("--qat and --sensitivity are not available in this build yet")
+    if qat:
+        metrics = quantize_stage.quantize_qat(
+            loaded, dataset, output_dir, epochs=epochs, lr=lr, batch_size=batch_size,
+            freeze_observers_epoch=freeze_observers_epoch, freeze_bn_epoch=freeze_bn_epoch, resume=resume, **common,
+        )
+    else:
+        metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, **common)
+    result = {"artifact": str(output_dir), "target": target, "method": method, **_headline(metrics)}
+    if sensitivity:
+        report = quantize_stage.sensitivity_analysis(
+            loaded, dataset, output_dir / "sensitivity.json", target=target, method=method, calib_size=calib_size,
+            percentile=percentile, mode=sensitivity_mode, eval_images=sensitivity_images, max_float_layers=max_float_layers,
+        )
+        result["sensitivity"] = {"report": str(output_dir / "sensitivity.json"), "plan": report["plan"]}
+    echo_json(result)
+
+
+def _headline(metrics: dict) -> dict:
+    if "int8" not in metrics:
+        return {"metrics": metrics}
+    return {
+        "fp32_top1": round(metrics["fp32"]["top1"], 3),
+        "int8_top1": round(metrics["int8"]["top1"], 3),
+        "delta_top1": round(metrics["delta_top1"], 3),
+        "agreement_top1": round(metrics["agreement_top1"], 3),
+        "test_images": metrics.get("test_images"),
+        "calibration_s": round(metrics.get("timings", {}).get("calibration_s", float("nan")), 2),
+    }
+
+
+COMMANDS = [quantize]

@@ -1,0 +1,255 @@
+"""A PT2E quantizer for CIFAR ResNets with two int8 schemes: TensorRT's and x86 CPUs'.
+
+Where Q/DQ pairs go (TensorRT's explicit-quantization rules, which ONNX Runtime's QDQ fusions share):
+
+* every quantized Conv and Linear has its activation input and its weight quantized; weights
+  per-output-channel (axis 0) and symmetric; the bias stays float (TensorRT and ONNX Runtime fold it
+  into the int32 accumulator themselves);
+* nothing sits between a Conv, its BatchNorm and its ReLU (BN is folded into the conv for PTQ and
+  trained folded for QAT), so the three fuse into one int8 kernel; the ReLU's output is quantized;
+* both inputs of every residual Add are quantized, so TensorRT fuses conv + add (+ ReLU) and ONNX
+  Runtime runs QLinearAdd; the ReLU after the Add quantizes the sum;
+* ops that only move values (the option-A shortcut's strided slice and zero pad, flatten) share the
+  scale of their input, so the shortcut branch adds no rounding of its own;
+* layers named in ``keep_float`` keep float weights and inputs; their neighbours stay int8.
+
+Schemes (``target``):
+
+* ``tensorrt``: signed int8, symmetric, zero-point 0 for every tensor. After a ReLU only the
+  non-negative half of the grid is used (7 bits of resolution): TensorRT accepts nothing else.
+* ``cpu``: U8S8, the layout x86 int8 kernels (VNNI ``vpdpbusd``, oneDNN, ONNX Runtime's MLAS) are
+  fastest with: unsigned 8-bit asymmetric activations (all 8 bits used after a ReLU), signed
+  symmetric per-channel weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+from torch.fx import GraphModule, Node
+
+from ..errors import UserError
+
+TARGETS = ("tensorrt", "cpu")
+
+_aten = torch.ops.aten
+CONV_OPS = {_aten.conv2d.default, _aten.convolution.default}
+LINEAR_OPS = {_aten.linear.default}
+BN_OPS = {_aten.batch_norm.default, _aten._native_batch_norm_legit_no_training.default}
+RELU_OPS = {_aten.relu.default, _aten.relu_.default}
+ADD_OPS = {_aten.add.Tensor, _aten.add_.Tensor}
+# Ops whose output holds only values of their input (or exact zeros): they share its quantization.
+VALUE_PRESERVING_OPS = {
+    _aten.slice.Tensor,
+    _aten.pad.default,
+    _aten.constant_pad_nd.default,
+    _aten.flatten.using_ints,
+    _aten.view.default,
+    _aten.reshape.default,
+    _aten.max_pool2d.default,
+}
+
+ANNOTATION_KEY = "quantization_annotation"
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """The integer formats of one target. Ranges are inclusive."""
+
+    target: str
+    activation_dtype: torch.dtype
+    activation_symmetric: bool
+    activation_range: tuple[int, int]
+    weight_range: tuple[int, int] = (-127, 127)  # narrow range: symmetric grid, as TensorRT recommends
+
+    @property
+    def activation_qscheme(self) -> torch.qscheme:
+        return torch.per_tensor_symmetric if self.activation_symmetric else torch.per_tensor_affine
+
+    def describe(self) -> dict:
+        return {
+            "target": self.target,
+            "activations": {
+                "dtype": str(self.activation_dtype).removeprefix("torch."),
+                "scheme": "symmetric" if self.activation_symmetric else "asymmetric",
+                "granularity": "per-tensor",
+                "range": list(self.activation_range),
+            },
+            "weights": {
+                "dtype": "int8",
+                "scheme": "symmetric",
+                "granularity": "per-output-channel (axis 0)",
+                "range": list(self.weight_range),
+            },
+            "bias": "float32",
+        }
+
+
+def scheme_for(target: str) -> Int8Scheme:
+    """The int8 scheme of ``target`` ("tensorrt" or "cpu")."""
+    if target == "tensorrt":
+        # [-128, 127]: what ONNX QuantizeLinear saturates to, so torch and TensorRT round alike.
+        return Int8Scheme("tensorrt", torch.int8, True, (-128, 127))
+    if target == "cpu":
+        return Int8Scheme("cpu", torch.uint8, False, (0, 255))
+    raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {target!r}")
+
+
+def layer_name(node: Node) -> str:
+    """The module path (``layers.0.1.conv2``, ``fc``) that produced ``node``, from export metadata."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    return str(list(stack.values())[-1][0])
+
+
+def quantizable_layers(graph_module: GraphModule) -> list[str]:
+    """Names of the Conv and Linear layers of a captured model, in graph order."""
+    names = []
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS:
+            names.append(layer_name(node))
+    return names
+
+
+def resolve_layer_names(requested: Iterable[str], available: Sequence[str]) -> list[str]:
+    """Map user names to layer names: exact names, plus ``first`` (first conv) and ``last`` (last layer).
+
+    An unknown name is a UserError listing the choices, so a typo never silently quantizes a layer.
+    """
+    resolved = []
+    for name in requested:
+        name = name.strip()
+        if not name:
+            continue
+        if name == "first":
+            resolved.append(available[0])
+        elif name == "last":
+            resolved.append(available[-1])
+        elif name in available:
+            resolved.append(name)
+        else:
+            raise UserError(
+                f"--keep-float: no layer named {name!r}; choose from first, last, {', '.join(available)}"
+            )
+    return list(dict.fromkeys(resolved))
+
+
+def make_quantizer(
+    scheme: Int8Scheme,
+    activation_observer,
+    weight_observer,
+    keep_float: Iterable[str] = (),
+):
+    """A torchao ``Quantizer`` that places Q/DQ as the module docstring says."""
+    from torchao.quantization.pt2e.quantizer import (
+        QuantizationAnnotation,
+        QuantizationSpec,
+        Quantizer,
+        SharedQuantizationSpec,
+    )
+
+    act_lo, act_hi = scheme.activation_range
+    activation_spec = QuantizationSpec(
+        dtype=scheme.activation_dtype,
+        observer_or_fake_quant_ctr=activation_observer,
+        quant_min=act_lo,
+        quant_max=act_hi,
+        qscheme=scheme.activation_qscheme,
+    )
+    w_lo, w_hi = scheme.weight_range
+    weight_spec = QuantizationSpec(
+        dtype=torch.int8,
+        observer_or_fake_quant_ctr=weight_observer,
+        quant_min=w_lo,
+        quant_max=w_hi,
+        qscheme=torch.per_channel_symmetric,
+        ch_axis=0,
+    )
+    float_layers = frozenset(keep_float)
+
+    class _Quantizer(Quantizer):
+        def annotate(self, model: GraphModule) -> GraphModule:
+            graph = model.graph
+            quantized_compute = set()
+            for node in graph.nodes:
+                if node.op != "call_function":
+                    continue
+                if node.target in CONV_OPS | LINEAR_OPS and layer_name(node) not in float_layers:
+                    quantized_compute.add(node)
+            # 1. Conv / Linear: input activation and weight.
+            for node in quantized_compute:
+                source, weight = node.args[0], node.args[1]
+                _annotate(node, {source: activation_spec, weight: weight_spec})
+            # 2. ReLU outputs, where a quantized consumer reads them (conv+BN+ReLU fuse: nothing
+            # is quantized between them).
+            for node in graph.nodes:
+                if node.op == "call_function" and node.target in RELU_OPS and _feeds_quantized(node, quantized_compute):
+                    _annotate(node, {}, activation_spec)
+            # 3. Residual adds: both inputs. An input reached through value-preserving ops from a
+            # quantized tensor shares that tensor's scale (the option-A shortcut: slice + zero pad).
+            for node in graph.nodes:
+                if node.op == "call_function" and node.target in ADD_OPS and _is_tensor_add(node):
+                    specs = {}
+                    for arg in node.args[:2]:
+                        origin = _value_preserving_origin(arg)
+                        shared = origin is not arg and _quantizes_output(origin)
+                        specs[arg] = SharedQuantizationSpec(origin) if shared else activation_spec
+                    _annotate(node, specs)
+            return model
+
+        def validate(self, model: GraphModule) -> None:
+            pass
+
+    def _annotate(node: Node, inputs: dict, output=None) -> None:
+        existing = node.meta.get(ANNOTATION_KEY)
+        if existing is not None:
+            existing.input_qspec_map.update(inputs)
+            if output is not None:
+                existing.output_qspec = output
+            return
+        node.meta[ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=dict(inputs), output_qspec=output, _annotated=True)
+
+    def _quantizes_output(node: Node) -> bool:
+        annotation = node.meta.get(ANNOTATION_KEY)
+        return annotation is not None and annotation.output_qspec is not None
+
+    return _Quantizer()
+
+
+def _is_tensor_add(node: Node) -> bool:
+    return len(node.args) >= 2 and all(isinstance(arg, Node) for arg in node.args[:2])
+
+
+def _value_preserving_origin(node: Node) -> Node:
+    """Walk up through value-preserving ops to the tensor whose values they carry."""
+    while isinstance(node, Node) and node.op == "call_function" and node.target in VALUE_PRESERVING_OPS:
+        if node.target in (_aten.pad.default, _aten.constant_pad_nd.default) and _pad_value(node) != 0:
+            break
+        node = node.args[0]
+    return node
+
+
+def _pad_value(node: Node) -> float:
+    if node.target is _aten.constant_pad_nd.default:
+        return float(node.args[2]) if len(node.args) > 2 else 0.0
+    mode = node.args[2] if len(node.args) > 2 else node.kwargs.get("mode", "constant")
+    if mode != "constant":
+        return float("nan")
+    value = node.args[3] if len(node.args) > 3 else node.kwargs.get("value", None)
+    return 0.0 if value is None else float(value)
+
+
+def _feeds_quantized(node: Node, quantized_compute: set) -> bool:
+    """True when a quantized conv/linear or a residual add reads ``node`` (possibly through
+    value-preserving ops): only then is quantizing its output useful."""
+    for user in node.users:
+        if user.op != "call_function":
+            continue
+        if user in quantized_compute or user.target in ADD_OPS:
+            return True
+        if user.target in VALUE_PRESERVING_OPS and _feeds_quantized(user, quantized_compute):
+            return True
+    return False
