@@ -14,10 +14,13 @@ It loads with ``torch.load(weights_only=True)``, so a checkpoint from elsewhere 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from .data import Normalization
 from .errors import UserError
@@ -54,27 +57,73 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load and validate the raw checkpoint dict (safe: weights_only)."""
+    """Load and validate the raw checkpoint dict (safe: weights_only).
+
+    Beyond the format tag, the fields every stage reads are checked for type, so a crafted or damaged
+    file fails here with a message instead of deep inside a later stage.
+    """
     raw = torch_load_safe(path, "checkpoint")
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise UserError(f"{path} is not a resnet-deploy checkpoint (no '{FORMAT}' format tag)")
-    if raw.get("version", 0) > VERSION:
-        raise UserError(f"{path} was written by a newer resnet-deploy (format version {raw['version']})")
+    version = raw.get("version", 0)
+    if not isinstance(version, int) or version > VERSION:
+        raise UserError(f"{path} was written by a newer resnet-deploy (format version {version!r})")
+    problems = []
+    if not isinstance(raw.get("model"), dict) or not isinstance(raw["model"].get("name"), str):
+        problems.append("'model' is not a model spec")
+    elif not isinstance(raw["model"].get("num_classes"), int) or isinstance(raw["model"].get("num_classes"), bool):
+        problems.append("'model.num_classes' is not an integer")
+    state_dict = raw.get("state_dict")
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        problems.append("'state_dict' is not a dict of tensors")
+    if not _valid_normalization(raw.get("normalization")):
+        problems.append("'normalization' is not {mean: 3 numbers, std: 3 positive numbers}")
+    if not isinstance(raw.get("dataset"), dict):
+        problems.append("'dataset' is not a dict")
+    if problems:
+        raise UserError(f"checkpoint {path} is malformed: {'; '.join(problems)}")
     return raw
+
+
+def _valid_normalization(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    try:
+        mean = [float(v) for v in value["mean"]]
+        std = [float(v) for v in value["std"]]
+    except (KeyError, TypeError, ValueError):
+        return False
+    return len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and all(v > 0 for v in std)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
     """Rebuild the model of a checkpoint in eval mode, checking the weights fit the architecture."""
     path = Path(path)
     raw = read_checkpoint(path)
-    spec = ModelSpec.from_dict(raw["model"])
-    model = build_model(spec)
-    missing, unexpected = _compare_keys(model.state_dict(), raw["state_dict"])
+    try:
+        spec = ModelSpec.from_dict(raw["model"])
+    except TypeError as exc:
+        raise UserError(f"checkpoint {path} has a malformed model spec {raw['model']!r}") from exc
+    # Build on the meta device first (no memory) and compare names and shapes, so a crafted spec
+    # (say 10**9 classes) is refused before a single byte is allocated for it.
+    with torch.device("meta"):
+        skeleton = build_model(spec)
+    expected = skeleton.state_dict()
+    missing, unexpected = _compare_keys(expected, raw["state_dict"])
     if missing or unexpected:
         raise UserError(
             f"checkpoint {path} does not match model {spec.name}: "
             f"{len(missing)} missing and {len(unexpected)} unexpected weights (e.g. {(missing + unexpected)[:3]})"
         )
+    for key, tensor in raw["state_dict"].items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise UserError(
+                f"checkpoint {path} does not fit model {spec.display_name} with {spec.num_classes} classes: "
+                f"{key} has shape {tuple(tensor.shape)}, the model needs {tuple(expected[key].shape)}"
+            )
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(f"checkpoint {path} holds NaN or infinite values in {key} (a diverged training run?)")
+    model = build_model(spec)
     try:
         model.load_state_dict(raw["state_dict"])
     except RuntimeError as exc:

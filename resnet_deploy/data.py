@@ -516,6 +516,8 @@ def _folder_members(root: Path) -> Iterator[tuple[PurePosixPath, "callable"]]:
             raise UserError(f"data dir {root} was refused: {file} is a symbolic link")
         if file.is_file():
             yield PurePosixPath(file.relative_to(root).as_posix()), (lambda file=file: read(file))
+        elif not file.is_dir():  # reading a FIFO would block forever, a device could be endless
+            raise UserError(f"data dir {root} was refused: {file} is a device file, FIFO or socket")
 
 
 def read_image_folder(source: Path, name: str = "imagefolder") -> ImageDataset:

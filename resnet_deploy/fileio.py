@@ -7,15 +7,18 @@ fsync the directory. A kill at any moment leaves the old file or the new one, ne
 from __future__ import annotations
 
 import contextlib
+import errno
+import glob
 import hashlib
 import io
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import UserError
 
@@ -24,24 +27,50 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Errors of the file system, not of the program: shown as a clear message (exit 2), not a traceback.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR}
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``target``; on success it replaces ``target`` atomically."""
+    """Yield a temporary path next to ``target``; on success it replaces ``target`` atomically.
+
+    If the write fails (disk full, read-only or unwritable folder) the temporary file is removed, the
+    previous ``target`` is left as it was, and a ``UserError`` names the file and the cause.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno not in _STORAGE_ERRNOS:
+            raise
+        kept = " (the previous version is intact)" if target.exists() else ""
+        raise UserError(f"could not write {target}: {exc.strerror or exc}{kept}") from exc
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` left for ``names`` in ``directory`` when a process
+    was killed mid-write (kill -9, power loss). Call it only while no other process writes there."""
+    removed = []
+    for name in names:
+        for stale in Path(directory).glob(f".{glob.escape(name)}.*.tmp"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+                removed.append(stale)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -122,9 +151,19 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch's weights-only unpickler raises this both for a pickle that names a global (a class or
+        # function: the way pickles run code) and for bytes it cannot parse (a truncated file). Say which.
+        named_global = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if named_global:
+            raise UserError(
+                f"{what} {path} was refused: it holds objects other than tensors and plain data "
+                f"({named_global.group(1)}; loading it could run code)",
+                hint="only load files from sources you trust; resnet-deploy never unpickles arbitrary objects",
+            ) from exc
+        detail = re.search(r"Unsupported operand \d+|[^\n]*truncated[^\n]*", str(exc))
         raise UserError(
-            f"{what} {path} was refused: it holds objects other than tensors and plain data "
-            "(loading it could run code)",
+            f"{what} {path} was refused: it is damaged or not a torch file of tensors and plain data"
+            + (f" ({detail.group(0).strip()})" if detail else ""),
             hint="only load files from sources you trust; resnet-deploy never unpickles arbitrary objects",
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:

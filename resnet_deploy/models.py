@@ -236,6 +236,9 @@ MODEL_FACTORIES: dict[str, Callable[..., CifarResNet]] = {
 }
 
 
+MAX_CIFAR_DEPTH = 1202
+
+
 def available_models() -> list[str]:
     return list(MODEL_FACTORIES)
 
@@ -251,10 +254,12 @@ def parse_model_name(name: str) -> tuple[str, bool]:
         key = "resnet" + key.removeprefix("plain").lstrip("-_")
     if key not in MODEL_FACTORIES:
         depth = key.removeprefix("resnet")
-        if not (depth.isdigit() and int(depth) >= 8 and (int(depth) - 2) % 6 == 0):
+        # Capped at the paper's deepest (1202): a name from a file or an option must not make us
+        # build millions of layers.
+        if not (depth.isdigit() and 8 <= int(depth) <= MAX_CIFAR_DEPTH and (int(depth) - 2) % 6 == 0):
             raise UserError(
                 f"unknown model {name!r}; choose one of {', '.join(available_models())} "
-                "(or any resnet<6n+2>, or a plain<depth> counterpart)"
+                f"(or any resnet<6n+2> up to {MAX_CIFAR_DEPTH}, or a plain<depth> counterpart)"
             )
     return key, plain
 

@@ -6,6 +6,7 @@ import click
 
 from .. import progress
 from ..errors import UserError
+from ..fileio import ensure_writable_dir
 from .options import dataset_options, echo_json
 
 
@@ -56,6 +57,9 @@ def train(load_data, output, milestones, compile_, resume, **options):
     with context_from_environment(config) as dist:
         if not dist.is_main:
             progress.set_enabled(False)
+        else:
+            # A read-only or full --output is reported before minutes of dataset decoding, not after.
+            ensure_writable_dir(output, needed_bytes=64 << 20, what="--output")
         dataset = load_data()
         config.dataset = dataset.name
         result = run_training(config, dataset, output, resume=resume, dist=dist)
@@ -90,7 +94,8 @@ def data(load_data):
 
 
 @click.command()
-@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2))
+# Capped so that 20 models x a classifier of this width stay a few hundred MB, not an out-of-memory kill.
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2, max=10_000))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(num_classes, as_json):
     """List the models with parameter counts and FLOPs (one 32x32 image, multiply-add = 2 FLOPs)."""
