@@ -103,7 +103,7 @@ def _print_summary(results: dict, paths: dict) -> None:
 
     table = Table(title=f"{results['run_name']} (baseline {results['baseline']})")
     for column in ("row", "status", "top-1 %", "Δ pts", "agree %", "img/s @ largest bs", "speedup"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "row")
     for row in results["rows"]:
         acc = row.get("accuracy") or {}
         ok = [e for e in row.get("latency", []) if e["status"] == "ok"]
@@ -178,4 +178,70 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     raise_if_failed(results)
 
 
-COMMANDS: list = [bench]
+@click.command()
+@click.option("--name", "run_name", required=True, help="Run name: runs/NAME, calibration/NAME-*, exports/NAME[-cpu], benchmarks/results/NAME.")
+@click.option("--checkpoint", type=click.Path(), help="Reuse this FP32 checkpoint instead of training.")
+@click.option("--model", default="resnet20", show_default=True, help="Model to train (resnet20/32/44/56/110, resnet18..152, plainN).")
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
+@click.option("--train-batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.1, show_default=True, type=float, help="Peak training learning rate.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--train-device", default="auto", show_default=True, help="Device for training and quantization-aware fine-tuning.")
+@dataset_options
+@click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
+@click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
+@click.option("--calib-method", default="mse", show_default=True, help="PTQ calibration method (see resnet-deploy quantize --help).")
+@click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="PTQ calibration images (from the training split).")
+@click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1))
+@click.option("--qat-lr", default=1e-3, show_default=True, type=float)
+@click.option("--fp16/--no-fp16", "export_fp16", default=True, show_default=True, help="Also export FP16 ONNX (and engine).")
+@click.option("--tensorrt/--no-tensorrt", "build_tensorrt", default=None, help="Build TensorRT engines [when TensorRT can build here].")
+@click.option("--compute-capability", help="Target GPU of the engines, e.g. 8.9 (TensorRT-RTX builds without a GPU).")
+@click.option("--max-batch", default=256, show_default=True, type=click.IntRange(min=1), help="Largest batch of the engines' profile.")
+@bench_options
+@click.option("--no-verify", is_flag=True, help="Report without gating (the pipeline verifies by default).")
+@click.option("--force", is_flag=True, help="Redo every stage even when its artifacts are current.")
+@click.option("--workdir", default=".", show_default=True, type=click.Path(), help="Folder holding runs/, calibration/, exports/, benchmarks/results/.")
+def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, train_device, load_data, quantization, int8_targets,
+             calib_method, calib_size, qat_epochs, qat_lr, export_fp16, build_tensorrt, compute_capability, max_batch, no_verify,
+             force, workdir, **options):
+    """Train (or reuse --checkpoint), quantize, export, bench every backend and write the verified report.
+
+    Each stage is skipped when its inputs (settings, data, files, by sha256) and outputs are unchanged
+    since the last run; --force redoes it. Stages that cannot run here (no TensorRT, no GPU) are listed
+    as skipped with the reason in the report. Exit 1 when a verification threshold is missed.
+
+    \b
+    Examples:
+      resnet-deploy pipeline --data-dir ../shared/datasets/cifar10-jpeg.tar.xz --model resnet20 --epochs 15 --name r20
+      resnet-deploy pipeline --checkpoint runs/r20/last.pt --data-dir DATA --name r20 --quantization both
+      resnet-deploy pipeline --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
+    """
+    from ..bench import raise_if_failed
+    from ..pipeline import PipelineConfig, raise_if_stages_failed, run_pipeline
+
+    if options.get("verify"):
+        options["verify"] = False  # the pipeline verifies unless --no-verify; --verify is accepted as a no-op
+    options["verify"] = not no_verify
+    runner_options, settings, thresholds = make_bench_config(options)
+    targets = tuple(part.strip().lower() for part in int8_targets.split(",") if part.strip())
+    config = PipelineConfig(
+        name=run_name, workdir=Path(workdir), checkpoint=Path(checkpoint) if checkpoint else None, model=model, epochs=epochs,
+        batch_size=train_batch_size, lr=lr, seed=seed, train_device=train_device, quantization=quantization,
+        int8_targets=targets, calib_method=calib_method, calib_size=calib_size, qat_epochs=qat_epochs, qat_lr=qat_lr,
+        fp16=export_fp16, tensorrt=build_tensorrt, compute_capability=compute_capability, max_batch=max_batch,
+        runner_options=runner_options, bench_settings=settings, thresholds=thresholds, force=force,
+        command=["resnet-deploy", *sys.argv[1:]],
+    )
+    result = run_pipeline(config, load_data)
+    click.echo("stages:", err=True)
+    for stage in result.stages:
+        click.echo(f"  {stage.name:<22} {stage.status:<8} {stage.reason or ''}", err=True)
+    if result.results is not None:
+        _print_summary(result.results, result.paths)
+    raise_if_stages_failed(result)
+    if result.results is not None:
+        raise_if_failed(result.results)
+
+
+COMMANDS: list = [bench, pipeline]
