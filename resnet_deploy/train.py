@@ -285,6 +285,9 @@ def train(
         saved = TrainConfig.from_dict(state["train_config"])
         saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
         saved.device = config.device
+        if saved.sync_bn != config.sync_bn:  # how to run, like --device: this launch's flag decides
+            progress.info(f"--sync-bn is {'on' if config.sync_bn else 'off'} for this launch (the checkpoint's run had it {'on' if saved.sync_bn else 'off'})")
+        saved.sync_bn = config.sync_bn
         config = saved
     if dataset.num_classes < 2:
         raise UserError("the dataset must have at least 2 classes")
