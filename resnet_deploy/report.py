@@ -271,6 +271,8 @@ def _describe_settings(row: dict) -> str:
         parts.append(f"profile batch {settings['profile_batch'][0]}..{settings['profile_batch'][1]}")
     artifact = settings.get("artifact")
     if isinstance(artifact, dict) and artifact.get("path"):
+        if artifact.get("target"):
+            parts.append(f"quantized for `{artifact['target']}` ({artifact.get('method') or '?'} calibration)")
         parts.append(f"`{artifact['path']}`")
     return ", ".join(parts) or "–"
 

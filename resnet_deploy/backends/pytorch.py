@@ -106,7 +106,10 @@ class PyTorchRunner(Runner):
 
     def describe(self) -> dict:
         info = {
-            "execution": "torch.compile (inductor)" if self.compile else "eager",
+            "execution": (
+                "int8 x86 CPU lowering (quantize stage)" if self.precision == "int8"
+                else "torch.compile (inductor)" if self.compile else "eager"
+            ),
             "autocast": self.precision if self.precision in _AUTOCAST_DTYPES else None,
             "channels_last": self.channels_last,
             "torch_threads": self.threads if not self.device.startswith("cuda") else None,
