@@ -357,3 +357,12 @@ def test_bench_cli_verify_fails_on_a_perturbed_export_and_names_the_row(trained,
     assert results["verification"]["passed"] is False
     assert [f["row"] for f in results["verification"]["failures"]] == ["onnxruntime-fp32"]
     assert "**FAILED**" in (tmp_path / "results" / "perturbed" / "report.md").read_text()
+
+
+def test_out_of_memory_in_the_accuracy_pass_is_a_row_error(small, model):
+    runners = [fp32_runner(model, threads=1), FakeRunner(name="gpu-like", oom_from=64)]
+    measured = run_benchmark(runners, small.test_images, small.test_labels, small.normalization,
+                             BenchSettings(batch_sizes=[1], accuracy_batch_size=96, **FAST))
+    row = measured["rows"][1]
+    assert row["status"] == "error" and "ran out of memory" in row["reason"] and "--accuracy-batch-size" in row["reason"]
+    assert measured["rows"][0]["status"] == "ok", "the other rows still ran"
