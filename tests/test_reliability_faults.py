@@ -33,7 +33,7 @@ from resnet_deploy.errors import UserError
 from resnet_deploy.fileio import read_json
 from resnet_deploy.train import TrainConfig, train
 
-EPOCHS = 6
+EPOCHS = 4
 TRAIN_ARGS = [
     "train", "--dataset", "synthetic", "--train-subset", "256", "--test-subset", "64", "--batch-size", "32",
     "--model", "resnet8", "--device", "cpu", "--seed", "3", "--epochs", str(EPOCHS),
@@ -102,7 +102,7 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
     After every kill each file left behind must load; ``--resume`` continues; every chain of runs that
     reaches the last epoch must end with exactly the weights of the uninterrupted run."""
     rng = random.Random(int(os.environ.get("RESNET_DEPLOY_KILL_SEED", "20240601")))
-    kills = int(os.environ.get("RESNET_DEPLOY_KILLS", "14"))
+    kills = int(os.environ.get("RESNET_DEPLOY_KILLS", "12"))
     counts: Counter = Counter()
     chain = 0
     run = tmp_path / f"chain{chain}"

@@ -533,3 +533,54 @@ def test_fuzz_archive_reader(tmp_path, figures):
 
     check()
     figures("fuzz_archive_reader", {"inputs": sum(outcomes.values()), **outcomes, "other_exceptions": 0})
+
+
+# --------------------------------------------------------------------------------------------- other stages
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="quantize artifacts store program.pt2, which torch.export.load reads with torch.load(weights_only=False) "
+    "for any weight marked use_pickle (and pickle.loads for opaque constants): a crafted artifact runs code. "
+    "The manifest's sha256 cannot help, the attacker writes it too. Owner: quantize stage.",
+)
+def test_quantize_artifact_cannot_run_code(tmp_path, synthetic_checkpoint):
+    """A quantize artifact whose program.pt2 marks one weight as pickled and puts a code-running pickle
+    there (manifest hash updated, as an attacker would) must be refused without running the code."""
+    import hashlib
+    import json
+
+    from resnet_deploy.quantize import load_quantized
+
+    made = invoke(
+        "quantize", str(synthetic_checkpoint), "--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32",
+        "--calib-size", "32", "--method", "minmax", "-o", str(tmp_path / "genuine"),
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    for file in (tmp_path / "genuine").iterdir():
+        (evil / file.name).write_bytes(file.read_bytes())
+    payload = io.BytesIO()
+    torch.save(code_payloads(marker)["os.system"], payload)
+    with zipfile.ZipFile(tmp_path / "genuine" / "program.pt2") as source, zipfile.ZipFile(evil / "program.pt2", "w") as target:
+        weights_config = next(name for name in source.namelist() if name.endswith("weights_config.json"))
+        config = json.loads(source.read(weights_config))
+        first = next(iter(config["config"]))
+        config["config"][first]["use_pickle"] = True
+        pickled_file = config["config"][first]["path_name"]
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename == weights_config:
+                data = json.dumps(config).encode()
+            elif info.filename.endswith(f"/weights/{pickled_file}"):
+                data = payload.getvalue()
+            target.writestr(info, data)
+    manifest = json.loads((evil / "manifest.json").read_text())
+    manifest["files"]["program_sha256"] = hashlib.sha256((evil / "program.pt2").read_bytes()).hexdigest()
+    (evil / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError):
+        load_quantized(evil)
+    assert not marker.exists(), "loading the quantize artifact ran the code its program.pt2 carried"
