@@ -277,3 +277,31 @@ def test_cli_export_builds_engines_and_check_engine(synthetic_checkpoint, tmp_pa
     raw = json.loads((tmp_path / "auto" / "manifest.json").read_text())
     assert [a["compute_capability"] for a in raw["artifacts"] if a["kind"] == "tensorrt"] == ["8.9"]
     assert raw["skipped"] == []
+
+
+@needs_rtx
+@pytest.mark.slow
+def test_int8_qdq_engine_from_a_quantized_model(synthetic_checkpoint, synthetic, tmp_path, monkeypatch):
+    """The int8 path end to end without the trained fixture: PT2E (tensorrt scheme) -> Q/DQ ONNX ->
+    TensorRT-RTX explicit-quantization engine, inspected: every convolution has Q/DQ inputs."""
+    from resnet_deploy.checkpoint import load_checkpoint
+    from resnet_deploy.export.pipeline import _register_quantized_ops
+    from resnet_deploy.quantize import load_quantized, quantize_ptq
+
+    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    loaded = load_checkpoint(synthetic_checkpoint)
+    quantize_ptq(loaded, synthetic, tmp_path / "q", target="tensorrt", calib_size=128, evaluate=False)
+    _register_quantized_ops()
+    quantized = load_quantized(tmp_path / "q", checkpoint=synthetic_checkpoint)
+    info = ExportInfo(loaded.spec.to_dict(), loaded.normalization.to_dict(), loaded.classes, loaded.sha256, "int8", "tensorrt")
+    onnx_path = export_onnx(quantized.module, tmp_path / "model-int8-tensorrt.onnx", info).path
+    engine = tmp_path / "model-int8-tensorrt.sm89.engine"
+    sidecar = build_engine(onnx_path, engine, precision="int8", min_batch=1, opt_batch=16, max_batch=64, workspace_mb=256,
+                           opt_level=3, timing_cache=None, compute_capability="8.9")
+    assert sidecar["precision"] == "int8" and sidecar["onnx"]["scheme"] == "tensorrt"
+    summary = sidecar["layer_precision"]
+    assert summary["quantized_convolutions"] == summary["convolutions"] == 19
+    assert summary["quantize_layers"] > 0 and summary["by_type_and_output_dtype"]["QUANTIZE:INT8"] == summary["quantize_layers"]
+    assert check_engine(engine, onnx_path)["target"]["compute_capability"] == "8.9"
+    with pytest.raises(UserError, match="int8 model"):
+        build_engine(onnx_path, tmp_path / "x.engine", precision="fp32", compute_capability="8.9", timing_cache=None)

@@ -10,7 +10,7 @@ Schema (version 1), documented for users in ``exports/README.md``::
      "artifacts": [
         {"kind": "onnx", "precision": "fp32"|"fp16"|"int8", "scheme": null|"tensorrt"|"cpu",
          "path", "sha256", "dynamic_batch", "static_batch", "opset", "simplifier", "export_seconds",
-         "op_counts", "parity": {...}},
+         "op_counts", "parity": {...}, int8 only: "qdq": {...}, "onnxruntime_kernels": {...}},
         {"kind": "tensorrt", "precision", "path", "sidecar", "sha256", "onnx", "min_batch", "opt_batch",
          "max_batch", "compute_capability", "flavour", "tensorrt_version", "build_seconds"}],
      "skipped": [{"kind", "precision", "reason"}]}
@@ -88,9 +88,9 @@ def load_manifest(export_dir: str | os.PathLike, verify_hashes: bool = True) -> 
     not the one that was checked.
     """
     export_dir = Path(export_dir)
-    manifest_path = export_dir / MANIFEST_NAME if export_dir.is_dir() or not export_dir.name.endswith(".json") else export_dir
-    if manifest_path.name.endswith(".json") and manifest_path != export_dir / MANIFEST_NAME:
-        export_dir = manifest_path.parent
+    if export_dir.name == MANIFEST_NAME and export_dir.is_file():  # the manifest itself was given
+        export_dir = export_dir.parent
+    manifest_path = export_dir / MANIFEST_NAME
     if not manifest_path.is_file():
         raise UserError(f"no export manifest at {manifest_path}", hint="create one with: resnet-deploy export CHECKPOINT")
     manifest = read_json(manifest_path, "export manifest")

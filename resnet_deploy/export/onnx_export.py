@@ -11,8 +11,8 @@ Why the steps are in this order:
    are rounded once from the folded float32 values instead of folding already-rounded half values.
 2. ``torch.onnx.export(..., dynamo=True)``: the exporter built on torch.export, which also handles the
    PT2E int8 models (their Q/DQ ops become QuantizeLinear/DequantizeLinear).
-3. onnxsim (onnxslim when onnxsim is not installed) simplifies the graph; for Q/DQ graphs constant
-   folding is kept off so weight DequantizeLinear nodes survive (TensorRT needs them to run int8).
+3. onnxsim (onnxslim when onnxsim is not installed) simplifies the graph; for Q/DQ graphs the number
+   of Q/DQ nodes must not change (weight DequantizeLinear nodes are what makes TensorRT run int8).
 4. ``onnx.checker.check_model(full_check=True)`` (which includes strict shape inference) and our own
    checks: the I/O names, no training-only ops left.
 """
@@ -270,16 +270,32 @@ def export_onnx(
 def simplify_model(model_proto, keep_qdq: bool = False):
     """Simplify with onnxsim, or onnxslim when onnxsim is not installed. Returns (model, tool name).
 
-    With ``keep_qdq`` constant folding is disabled: folding would turn ``DequantizeLinear(int8 weight)``
-    into a float weight, and TensorRT then runs that convolution in float instead of int8.
+    With ``keep_qdq`` the QuantizeLinear/DequantizeLinear nodes must survive: a simplifier that folded
+    ``DequantizeLinear(int8 weight)`` into a float weight would make TensorRT run that convolution in
+    float. onnxsim and onnxslim both leave DQ nodes alone today; if a version does not, the
+    simplification is redone without constant folding.
     """
+    simplified, tool = _simplify(model_proto, fold_constants=True)
+    if keep_qdq and _qdq_counts(simplified) != _qdq_counts(model_proto):
+        simplified, tool = _simplify(model_proto, fold_constants=False)
+        tool = f"{tool} (constant folding off: it removed Q/DQ nodes)" if tool else tool
+    if keep_qdq and _qdq_counts(simplified) != _qdq_counts(model_proto):
+        return model_proto, None
+    return simplified, tool
+
+
+def _qdq_counts(model_proto) -> tuple[int, int]:
+    ops = Counter(node.op_type for node in model_proto.graph.node)
+    return ops.get("QuantizeLinear", 0), ops.get("DequantizeLinear", 0)
+
+
+def _simplify(model_proto, fold_constants: bool):
     try:
         import onnxsim
     except ImportError:
         onnxsim = None
     if onnxsim is not None:
-        kwargs: dict[str, Any] = {"skip_constant_folding": True} if keep_qdq else {}
-        simplified, ok = onnxsim.simplify(model_proto, **kwargs)
+        simplified, ok = onnxsim.simplify(model_proto, skip_constant_folding=not fold_constants)
         if not ok:
             raise VerificationError("onnxsim could not validate the simplified model against the original")
         return simplified, f"onnxsim {getattr(onnxsim, '__version__', '')}".strip()
@@ -287,8 +303,8 @@ def simplify_model(model_proto, keep_qdq: bool = False):
         import onnxslim
     except ImportError:
         return model_proto, None
-    kwargs = {"no_constant_folding": True} if keep_qdq else {}
-    return onnxslim.slim(model_proto, **kwargs), f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
+    slimmed = onnxslim.slim(model_proto, no_constant_folding=not fold_constants)
+    return slimmed, f"onnxslim {getattr(onnxslim, '__version__', '')}".strip()
 
 
 def _set_metadata(model_proto, info: ExportInfo) -> None:

@@ -24,7 +24,7 @@ from ..errors import UserError, VerificationError
 from ..fileio import ensure_writable_dir
 from . import manifest as manifest_lib
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
-from .parity import FIXED_BATCH_SIZE, ParityInputs, check_parity, describe_failure, fixed_batch
+from .parity import FIXED_BATCH_SIZE, ExactQDQReference, ParityInputs, check_parity, describe_failure, fixed_batch
 from .tensorrt import build_engine, import_tensorrt, parse_compute_capability, sidecar_path
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -89,7 +89,8 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     dataset = options.dataset
     if dataset is not None:
         check_dataset_matches(loaded, dataset.classes, dataset.name)
-    engine_plan = _plan_tensorrt(options)  # fail fast on bad TensorRT options, before minutes of export
+    quantized = _load_int8(options) if options.int8_dir is not None else None  # fail fast, before minutes of export
+    engine_plan = _plan_tensorrt(options)
 
     manifest = manifest_lib.new_manifest(
         checkpoint_path=Path(options.checkpoint).resolve(),
@@ -123,8 +124,8 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
                               threads=options.threads)
         _record_onnx(manifest, export_dir, result, parity, failures)
 
-    if options.int8_dir is not None:
-        _export_int8(options, loaded, manifest, export_dir, batch_tag, failures)
+    if quantized is not None:
+        _export_int8(options, quantized, loaded, manifest, export_dir, batch_tag, failures)
 
     if engine_plan["build"]:
         _build_engines(options, manifest, export_dir, engine_plan)
@@ -154,7 +155,7 @@ def _pad_to_multiple(inputs: ParityInputs, batch: int) -> ParityInputs:
     return ParityInputs(images, inputs.normalization, inputs.source + f" (as {count // batch} batches of {batch})", labels)
 
 
-def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failures: list[str]) -> dict:
+def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failures: list[str], extra: dict | None = None) -> dict:
     entry = {
         "kind": "onnx",
         "precision": result.precision,
@@ -167,6 +168,7 @@ def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failure
         "simplifier": result.simplifier,
         "export_seconds": result.export_seconds,
         "op_counts": result.op_counts,
+        **(extra or {}),
         "parity": parity,
     }
     manifest_lib.add_artifact(manifest, entry)
@@ -181,16 +183,25 @@ def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failure
     return entry
 
 
-def _export_int8(options: ExportOptions, loaded, manifest: dict, export_dir: Path, batch_tag: str, failures: list[str]) -> None:
+def _load_int8(options: ExportOptions):
+    """The quantize artifact, checked against the checkpoint; int8 parity also needs held-out data."""
     from ..quantize import load_quantized
 
-    quantized = load_quantized(options.int8_dir, checkpoint=options.checkpoint)
-    dataset = options.dataset
-    if dataset is None:
+    if options.dataset is None:
         raise UserError(
             "int8 parity runs on held-out test images: pass --data-dir (and --dataset) with --int8",
             hint="the int8 ONNX is compared with the PyTorch int8 model on the test split, which calibration never saw",
         )
+    _register_quantized_ops()
+    quantized = load_quantized(options.int8_dir, checkpoint=options.checkpoint)
+    if list(quantized.classes) and list(quantized.classes) != list(options.dataset.classes):
+        raise UserError(f"{options.int8_dir} was quantized for classes {list(quantized.classes)[:4]}..., not {options.dataset.name}'s")
+    return quantized
+
+
+def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, export_dir: Path, batch_tag: str,
+                 failures: list[str]) -> None:
+    dataset = options.dataset
     count = min(len(dataset.test_images), options.parity_images or len(dataset.test_images))
     held_out = ParityInputs(
         dataset.test_images[:count], quantized.normalization, f"{count} held-out {dataset.name} test images",
@@ -211,13 +222,41 @@ def _export_int8(options: ExportOptions, loaded, manifest: dict, export_dir: Pat
     progress.info(f"exporting int8 ({quantized.target} scheme) ONNX -> {path}")
     result = export_onnx(quantized.module, path, info, dynamic_batch=options.static_batch is None,
                          static_batch=options.static_batch, opset=options.opset, simplify=options.simplify)
-    from .qdq import qdq_problems
+    import onnx
 
-    problems = qdq_problems(path, quantized.target)
-    parity = check_parity(path, quantized.module, held_out, "int8", batch_size=_parity_batch(options), threads=options.threads)
+    from .qdq import analyse_qdq, ort_int8_kernels, qdq_problems_of
+
+    analysis = analyse_qdq(onnx.load(str(path)))
+    problems = qdq_problems_of(analysis, quantized.target)
+    kernels = ort_int8_kernels(path)
+    if quantized.target == "cpu" and kernels["qlinear_conv"] < analysis["quantized_convolutions"]:
+        problems.append(
+            f"ONNX Runtime fused only {kernels['qlinear_conv']} of {analysis['quantized_convolutions']} quantized "
+            "convolutions into int8 QLinearConv kernels"
+        )
+    progress.info(
+        f"  Q/DQ: {analysis['quantized_convolutions']}/{analysis['convolutions']} convolutions quantized; ONNX Runtime runs "
+        f"{kernels['qlinear_conv']} as QLinearConv, {kernels['float_conv']} in float"
+    )
+    # Gate on the int8 model's exact integer arithmetic; report the float32 emulation (``.module`` as is)
+    # beside it, so the share of disagreement that is emulation noise is visible (see ExactQDQReference).
+    parity = check_parity(
+        path, ExactQDQReference(quantized.module), held_out, "int8", batch_size=_parity_batch(options),
+        threads=options.threads, reference_name="pytorch-int8-qdq (exact integer evaluation)",
+        also_compare={"pytorch-int8-qdq float32 emulation": quantized.module},
+    )
     if problems:
         parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
-    _record_onnx(manifest, export_dir, result, parity, failures)
+    _record_onnx(manifest, export_dir, result, parity, failures, {"qdq": analysis, "onnxruntime_kernels": kernels})
+
+
+def _register_quantized_ops() -> None:
+    """Deserialising a PT2E program needs the ``quantized_decomposed`` ops registered first; importing
+    torchao's PT2E package does that (harmless when the quantize stage already did)."""
+    try:
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
+    except ImportError:
+        pass
 
 
 def _plan_tensorrt(options: ExportOptions) -> dict:

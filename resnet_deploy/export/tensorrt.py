@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingDependencyError, UserError, VerificationError
-from ..fileio import atomic_path, atomic_write_bytes, read_json, sha256_file, write_json
+from ..fileio import atomic_write_bytes, read_json, sha256_file, write_json
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata, verify_onnx_file
 
 SIDECAR_FORMAT = "resnet-deploy/tensorrt-engine"
@@ -319,6 +319,8 @@ def build_engine(
         "layer_precision": network_report["summary"],
         "layer_report": layer_report_path(engine_path).name,
     }
+    if target["current_gpu"]:
+        network_report["engine_inspector"] = _inspect_built_engine(trt, logger, plan)
     write_json(layer_report_path(engine_path), network_report)
     write_json(sidecar_path(engine_path), sidecar)
     if precision == "int8" and network_report["summary"]["quantized_convolutions"] == 0:
@@ -437,6 +439,19 @@ def network_layer_report(trt, network) -> dict:
         },
         "layers": layers,
     }
+
+
+def _inspect_built_engine(trt, logger, plan: bytes) -> dict:
+    """On the target GPU: the engine inspector's per-layer view (fused layers and their precisions)."""
+    try:
+        runtime = trt.Runtime(logger)
+        engine = runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            return {"error": " | ".join(logger.errors()[:3]) or "deserialization failed"}
+        inspector = engine.create_engine_inspector()
+        return json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    except Exception as exc:  # the report is informative; a failure here must not lose the engine
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def engine_layer_report(engine) -> dict:

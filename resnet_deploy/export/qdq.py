@@ -1,0 +1,144 @@
+"""Checks of int8 Q/DQ ONNX graphs: the form TensorRT accepts, and the form ONNX Runtime fuses.
+
+TensorRT's explicit quantization (``tensorrt`` scheme) needs: int8 QuantizeLinear/DequantizeLinear with
+zero-point 0 everywhere (the ONNX parser rejects any other zero-point), weights quantized per output
+channel (axis 0), and no int32 bias DequantizeLinear (ONNX Runtime's own quantizer emits those; the
+parser rejects them). Biases stay float and TensorRT folds them into the int8 kernel.
+
+ONNX Runtime on x86 (``cpu`` scheme) runs a convolution with int8 kernels when the graph has
+DQ(uint8 activation) and DQ(int8 weight) -> Conv -> Q: its graph optimiser fuses that into
+``QLinearConv``. ``ort_int8_kernels`` asks ONNX Runtime for its optimised graph and counts what it
+actually fused, so "int8 on CPU" is measured, not assumed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+INT8_ELEM = 3  # onnx.TensorProto.INT8
+UINT8_ELEM = 2
+INT32_ELEM = 6
+
+
+def _constants(model_proto) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in model_proto.graph.initializer}
+    for node in model_proto.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def analyse_qdq(model_proto) -> dict:
+    """Counts describing the Q/DQ structure of a graph (stored in the manifest as ``qdq``)."""
+    values = _constants(model_proto)
+    producers = {out: node for node in model_proto.graph.node for out in node.output}
+    activation_dtypes: Counter = Counter()
+    nonzero_zero_points = 0
+    int32_dequantize = 0
+    weight_dq = {"per_channel_axis0": 0, "per_channel_other_axis": 0, "per_tensor": 0, "nonzero_zero_point": 0, "not_int8": 0}
+    for node in model_proto.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zero_point = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        is_weight = node.op_type == "DequantizeLinear" and node.input[0] in values
+        if is_weight:
+            data = values[node.input[0]]
+            if data.dtype == np.int32:
+                int32_dequantize += 1
+                continue
+            scale = values.get(node.input[1])
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+            if scale is not None and scale.size > 1:
+                weight_dq["per_channel_axis0" if axis == 0 else "per_channel_other_axis"] += 1
+            else:
+                weight_dq["per_tensor"] += 1
+            if data.dtype != np.int8:
+                weight_dq["not_int8"] += 1
+            if zero_point is not None and np.any(zero_point != 0):
+                weight_dq["nonzero_zero_point"] += 1
+            continue
+        dtype = str(zero_point.dtype) if zero_point is not None else "uint8 (default)"
+        activation_dtypes[f"{node.op_type}:{dtype}"] += 1
+        if zero_point is not None and np.any(zero_point != 0):
+            nonzero_zero_points += 1
+    convs = [n for n in model_proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    quantized = 0
+    for node in convs:
+        sources = [producers.get(name) for name in node.input[:2]]
+        if all(src is not None and src.op_type == "DequantizeLinear" for src in sources):
+            quantized += node.op_type == "Conv"
+    return {
+        "quantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "QuantizeLinear"),
+        "dequantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "DequantizeLinear"),
+        "activation_qdq_by_dtype": dict(sorted(activation_dtypes.items())),
+        "activation_nonzero_zero_points": nonzero_zero_points,
+        "weights": weight_dq,
+        "int32_bias_dequantize": int32_dequantize,
+        "convolutions": sum(1 for n in convs if n.op_type == "Conv"),
+        "quantized_convolutions": quantized,
+    }
+
+
+def qdq_problems_of(analysis: dict, scheme: str) -> list[str]:
+    """What makes a graph unfit for its scheme (empty when fine)."""
+    problems = []
+    weights = analysis["weights"]
+    if analysis["quantized_convolutions"] == 0:
+        problems.append("no convolution has DequantizeLinear on both its input and its weight")
+    if weights["per_tensor"] or weights["per_channel_other_axis"]:
+        problems.append(f"{weights['per_tensor'] + weights['per_channel_other_axis']} weight(s) not quantized per channel on axis 0")
+    if weights["not_int8"]:
+        problems.append(f"{weights['not_int8']} weight(s) not stored as int8")
+    if weights["nonzero_zero_point"]:
+        problems.append(f"{weights['nonzero_zero_point']} weight(s) with non-zero zero-points (weights must be symmetric)")
+    if scheme == "tensorrt":
+        not_int8 = {k: v for k, v in analysis["activation_qdq_by_dtype"].items() if not k.endswith(":int8")}
+        if not_int8:
+            problems.append(f"TensorRT needs int8 activations, found {not_int8}")
+        if analysis["activation_nonzero_zero_points"]:
+            problems.append(f"{analysis['activation_nonzero_zero_points']} activation Q/DQ with non-zero zero-points (TensorRT rejects them)")
+        if analysis["int32_bias_dequantize"]:
+            problems.append(f"{analysis['int32_bias_dequantize']} int32 bias DequantizeLinear (TensorRT rejects them)")
+    return problems
+
+
+def qdq_problems(path: str | os.PathLike, scheme: str) -> list[str]:
+    import onnx
+
+    return qdq_problems_of(analyse_qdq(onnx.load(str(path))), scheme)
+
+
+def ort_int8_kernels(path: str | os.PathLike) -> dict:
+    """Let ONNX Runtime (CPU, all optimisations) optimise the model and count what runs as int8.
+
+    Returns counts of the optimised graph: ``qlinear_conv`` (convolutions fused to int8 kernels),
+    ``float_conv`` (convolutions left in float: Conv, FusedConv, NCHWc Conv), other QLinear* ops, and
+    the Q/DQ nodes left over (each is a float<->int8 conversion at run time).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(optimized)
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        model_proto = onnx.load(str(optimized))
+    ops = Counter(node.op_type for node in model_proto.graph.node)
+    return {
+        "qlinear_conv": ops.get("QLinearConv", 0),
+        "float_conv": ops.get("Conv", 0) + ops.get("FusedConv", 0),
+        "other_qlinear": {op: n for op, n in sorted(ops.items()) if op.startswith("QLinear") and op != "QLinearConv"},
+        "quantize_linear_left": ops.get("QuantizeLinear", 0),
+        "dequantize_linear_left": ops.get("DequantizeLinear", 0),
+        "onnxruntime": ort.__version__,
+    }
