@@ -118,6 +118,8 @@ def _print_summary(results: dict, paths: dict) -> None:
             f"{last['speedup_vs_baseline']:.2f}x" if last and last.get("speedup_vs_baseline") else "–",
         )
     console = Console(stderr=True)
+    if not console.is_terminal:  # logs and CI: do not squeeze the table into 80 columns
+        console = Console(stderr=True, width=140)
     if progress.enabled():
         console.print(table)
         for row in results["rows"]:
