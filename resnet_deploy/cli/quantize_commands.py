@@ -91,8 +91,6 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     common = dict(target=target, method=method, calib_size=calib_size, keep_float=keep, percentile=percentile,
                   eval_batch_size=eval_batch_size, command=command)
-    if (qat and not hasattr(quantize_stage, "quantize_qat")) or (sensitivity and not hasattr(quantize_stage, "sensitivity_analysis")):
-        raise UserError("--qat and --sensitivity are not available in this build yet")
     if qat:
         metrics = quantize_stage.quantize_qat(
             loaded, dataset, output_dir, epochs=epochs, lr=lr, batch_size=batch_size,
@@ -110,6 +108,42 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     echo_json(result)
 
 
+@click.command("quantize-info")
+@click.argument("artifact", type=click.Path())
+@click.option("--checkpoint", type=click.Path(), help="Also check that the artifact was made from this FP32 checkpoint.")
+def quantize_info(artifact, checkpoint):
+    """Verify a quantize artifact (file hashes, and the checkpoint's when given) and summarise it.
+
+    Exits 2 with a one-line reason when the artifact is incomplete, corrupted, or belongs to another
+    checkpoint.
+
+    \b
+    Example:
+      resnet-deploy quantize-info calibration/r20-tensorrt --checkpoint runs/r20/best.pt
+    """
+    from ..quantize import load_quantized
+    from ..quantize.artifact import summarize_qparams
+
+    quantized = load_quantized(artifact, checkpoint=checkpoint)
+    manifest = quantized.manifest
+    echo_json(
+        {
+            "artifact": str(artifact),
+            "verified": {"files": True, "checkpoint": checkpoint is not None},
+            "checkpoint": manifest["checkpoint"],
+            "model": manifest["model"],
+            "target": quantized.target,
+            "method": manifest.get("method"),
+            "calib_size": manifest.get("calib_size"),
+            "keep_float": manifest.get("keep_float"),
+            "qat": manifest.get("qat") is not None,
+            "qparams": summarize_qparams(quantized.qparams),
+            **_headline(quantized.metrics),
+            "versions": manifest.get("versions"),
+        }
+    )
+
+
 def _headline(metrics: dict) -> dict:
     if "int8" not in metrics:
         return {"metrics": metrics}
@@ -123,4 +157,4 @@ def _headline(metrics: dict) -> dict:
     }
 
 
-COMMANDS = [quantize]
+COMMANDS = [quantize, quantize_info]

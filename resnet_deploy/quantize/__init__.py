@@ -21,7 +21,9 @@ percentile, entropy, mse (see :mod:`.calibration`).
 from .artifact import QuantizedModel, load_quantized
 from .calibration import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from .ptq import DEFAULT_CALIB_SIZE, quantize_ptq, run_ptq
+from .qat import quantize_qat
 from .quantizer import TARGETS, scheme_for
+from .sensitivity import sensitivity_analysis
 
 __all__ = [
     "DEFAULT_CALIB_SIZE",
@@ -32,6 +34,8 @@ __all__ = [
     "QuantizedModel",
     "load_quantized",
     "quantize_ptq",
+    "quantize_qat",
     "run_ptq",
     "scheme_for",
+    "sensitivity_analysis",
 ]

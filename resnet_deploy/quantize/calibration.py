@@ -9,7 +9,9 @@ Methods (``--method``):
 ``percentile``  clip at the p-th percentile of |x| (symmetric) or at the (100-p)/p percentiles of x
                 (asymmetric); 99.99 by default.
 ``entropy``     TensorRT's calibrator: the clipping threshold whose quantized distribution is closest
-                to the observed one in KL divergence (on |x|, 128 levels for int8).
+                to the observed one in KL divergence (on |x|, 128 levels for int8), exact zeros
+                skipped (as pytorch-quantization's ``skip_zeros``: a ReLU's zero spike otherwise
+                drags the threshold down to a quarter of the range).
 ``mse``         the range that minimises the expected squared quantization error: uniform rounding
                 noise (step^2 / 12) for values inside the range, squared distance to the edge for
                 values clipped, computed from the histogram for every candidate range.
@@ -116,6 +118,8 @@ def _build_histogram_observer():
             if not math.isfinite(low) or self.histogram.counts.size == 0:
                 return low, high
             hist = self.histogram
+            if self.method == "minmax":
+                return low, high
             if self.symmetric:
                 limit = max(abs(low), abs(high))
                 levels = (self.quant_max - self.quant_min) / 2
@@ -135,7 +139,7 @@ def _build_histogram_observer():
                 if low >= 0:  # one-sided (after a ReLU): all 256 levels on [0, max]
                     chosen = (low, entropy_threshold(hist.magnitude_counts(), hist.width, steps + 1))
                 else:
-                    amax = entropy_threshold(hist.folded_magnitude().counts, hist.width, 128)
+                    amax = entropy_threshold(hist.magnitude_counts(), hist.width, 128)
                     chosen = (max(low, -amax), min(high, amax))
             else:
                 chosen = mse_range_affine(hist, steps, low, high)
@@ -171,7 +175,7 @@ class _GridHistogram:
         low, high = (float(v) for v in torch.aminmax(values))
         if not (math.isfinite(low) and math.isfinite(high)):
             raise UserError("an activation holds inf or NaN during calibration; the model or its input is broken")
-        zeros = float((values == 0).sum())
+        zeros = float(values.numel() - torch.count_nonzero(values))
         self.zeros += zeros
         self.total += values.numel()
         if self.width == 0.0:
@@ -183,9 +187,9 @@ class _GridHistogram:
             self.lo = math.floor(low / self.width)
             self.counts = np.zeros(math.floor(high / self.width) - self.lo + 1, dtype=np.float64)
         self._ensure(math.floor(low / self.width), math.floor(high / self.width))
-        index = torch.floor(values / self.width).to(torch.int64) - self.lo
-        index.clamp_(0, self.counts.size - 1)
-        self.counts += torch.bincount(index, minlength=self.counts.size).numpy()
+        # histc on the grid's own edges: one pass, no int64 index tensor.
+        bins = self.counts.size
+        self.counts += torch.histc(values, bins=bins, min=self.lo * self.width, max=(self.lo + bins) * self.width).double().numpy()
         if self._pending_zeros:
             self._ensure(0, 0)
             self.counts[-self.lo] += self._pending_zeros
@@ -233,11 +237,14 @@ class _GridHistogram:
         inside = (target - before) / self.counts[k] if self.counts[k] else 1.0
         return float((self.lo + k + min(max(inside, 0.0), 1.0)) * self.width)
 
-    def magnitude_counts(self) -> np.ndarray:
-        """Counts from bin 0 upwards, for a histogram of non-negative values."""
-        if self.lo < 0:
-            return self.folded_magnitude().counts
-        return np.concatenate([np.zeros(self.lo), self.counts])
+    def magnitude_counts(self, skip_zeros: bool = True) -> np.ndarray:
+        """Counts of |x| from bin 0 upwards; ``skip_zeros`` drops exact zeros from bin 0 (a ReLU's
+        zeros are on every grid, and as a spike in bin 0 they would dominate a KL comparison)."""
+        counts = self.folded_magnitude().counts if self.lo < 0 else np.concatenate([np.zeros(self.lo), self.counts])
+        if skip_zeros and self.zeros:
+            counts = counts.copy()
+            counts[0] = max(counts[0] - self.zeros, 0.0)
+        return counts
 
     def folded_magnitude(self) -> "_GridHistogram":
         """The histogram of |x| (bins are aligned on 0, so folding is exact)."""
@@ -336,3 +343,60 @@ def qat_weight_observer():
     return MovingAveragePerChannelMinMaxObserver.with_args(
         averaging_constant=1.0, dtype=torch.int8, qscheme=torch.per_channel_symmetric, ch_axis=0, quant_min=-127, quant_max=127
     )
+
+
+QAT_TRACKING_CONSTANT = 0.01
+
+
+def qat_activation_observer(method: str, scheme, percentile: float = DEFAULT_PERCENTILE):
+    """For QAT: an observer that is calibrated like PTQ, then tracks a moving average of batch ranges."""
+    check_method(method, percentile)
+    return calibrated_tracking_observer_class().with_args(
+        method=method,
+        percentile=percentile,
+        averaging_constant=QAT_TRACKING_CONSTANT,
+        dtype=scheme.activation_dtype,
+        qscheme=scheme.activation_qscheme,
+        quant_min=scheme.activation_range[0],
+        quant_max=scheme.activation_range[1],
+    )
+
+
+_TRACKING_CLASS = None
+
+
+def calibrated_tracking_observer_class():
+    global _TRACKING_CLASS
+    if _TRACKING_CLASS is None:
+        from torchao.quantization.pt2e import MovingAverageMinMaxObserver
+
+        class CalibratedTrackingObserver(MovingAverageMinMaxObserver):
+            """Phase 1 (calibration): also fills a histogram; ``finish_calibration`` sets the range
+            chosen by ``method`` from it. Phase 2 (fine-tuning): a moving average of batch min/max
+            starting from that range (cheap enough to run at every training step)."""
+
+            def __init__(self, method: str = DEFAULT_METHOD, percentile: float = DEFAULT_PERCENTILE, **kwargs):
+                kwargs.pop("is_dynamic", None)
+                super().__init__(**kwargs)
+                self.method = method
+                histogram_kwargs = {k: v for k, v in kwargs.items() if k in ("dtype", "qscheme", "quant_min", "quant_max")}
+                # Not a submodule: the histogram is calibration-time state, not part of the model.
+                self.__dict__["_histogram"] = histogram_observer_class()(method=method, percentile=percentile, **histogram_kwargs)
+                self.calibrating = True
+
+            def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+                if self.calibrating and self.method != "ema":
+                    self._histogram(x_orig)
+                return super().forward(x_orig)
+
+            def finish_calibration(self) -> None:
+                histogram = self.__dict__.get("_histogram")
+                if self.calibrating and histogram is not None and self.method != "ema" and math.isfinite(float(histogram.min_val)):
+                    low, high = histogram.chosen_range()
+                    self.min_val.fill_(low)
+                    self.max_val.fill_(high)
+                self.calibrating = False
+                self.__dict__["_histogram"] = None
+
+        _TRACKING_CLASS = CalibratedTrackingObserver
+    return _TRACKING_CLASS

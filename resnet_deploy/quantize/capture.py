@@ -56,13 +56,14 @@ def export_program(module: torch.nn.Module) -> torch.export.ExportedProgram:
 
 def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False):
     """The quantizer of ``scheme`` with the observers of ``method`` (fake-quantizers under QAT)."""
-    activation = calibration.activation_observer(method, scheme, percentile)
-    weight = calibration.weight_observer()
     if qat:
         from torchao.quantization.pt2e import FakeQuantize
 
-        activation = FakeQuantize.with_args(observer=activation)
+        activation = FakeQuantize.with_args(observer=calibration.qat_activation_observer(method, scheme, percentile))
         weight = FakeQuantize.with_args(observer=calibration.qat_weight_observer())
+    else:
+        activation = calibration.activation_observer(method, scheme, percentile)
+        weight = calibration.weight_observer()
     return make_quantizer(scheme, activation, weight, keep_float)
 
 

@@ -1,0 +1,324 @@
+"""Quantization-aware training: fine-tune the FP32 checkpoint with fake-quant in the graph.
+
+Flow (torchao PT2E): torch.export in train mode -> ``prepare_qat_pt2e`` with the same quantizer as PTQ
+(Conv and BN stay separate and are trained folded: BN statistics keep updating) -> a calibration pass
+that sets every activation range with the chosen ``--method`` (as PTQ would) -> fine-tuning with a
+small, cosine-decayed learning rate -> ``convert_pt2e`` -> evaluation -> the same artifact as PTQ.
+
+During fine-tuning, activation ranges follow a moving average of each batch's min/max starting from
+the calibrated range, weight ranges follow the weights; from ``freeze_observers_epoch`` on every range is
+fixed, and from ``freeze_bn_epoch`` on BatchNorm uses its running statistics (the network then trains
+against exactly the arithmetic it will be deployed with).
+
+Resumable like training: every random draw depends on (seed, epoch, step) through ``train.batch_seed``
+and ``train.epoch_permutation``; ``qat_state.pt`` is written after each epoch and, on SIGINT/SIGTERM, at
+the next batch boundary; ``resume=True`` continues from it and gives the same weights as an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .. import progress
+from ..checkpoint import LoadedModel, check_dataset_matches
+from ..data import ImageDataset, augment, normalize, to_tensor_images
+from ..errors import UserError
+from ..fileio import ensure_writable_dir, torch_load_safe, torch_save_atomic
+from ..train import TrainingInterrupted, batch_seed, epoch_permutation
+from . import calibration
+from .capture import build_quantizer, calibration_batches, capture_for_training, check_calib_size, require_torchao, resolve_keep_float
+from .ptq import DEFAULT_CALIB_SIZE, finish
+from .quantizer import scheme_for
+
+STATE_FILE = "qat_state.pt"
+STATE_FORMAT = "resnet-deploy/qat-state"
+
+
+@dataclass
+class QatConfig:
+    """Options of ``quantize --qat``; saved in the state file so a resume continues the same run."""
+
+    target: str = "tensorrt"
+    method: str = calibration.DEFAULT_METHOD
+    percentile: float = calibration.DEFAULT_PERCENTILE
+    calib_size: int = DEFAULT_CALIB_SIZE
+    keep_float: tuple[str, ...] = ()
+    epochs: int = 3
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    freeze_observers_epoch: int = 2
+    freeze_bn_epoch: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise UserError(f"--epochs must be at least 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.batch_size < 2:
+            raise UserError(f"--batch-size must be at least 2 (BatchNorm needs a batch), got {self.batch_size}")
+        for name in ("freeze_observers_epoch", "freeze_bn_epoch"):
+            if getattr(self, name) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0 (0-based epoch), got {getattr(self, name)}")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["keep_float"] = list(self.keep_float)
+        return data
+
+
+def quantize_qat(
+    loaded: LoadedModel,
+    dataset: ImageDataset,
+    output_dir: str | Path,
+    *,
+    target: str = "tensorrt",
+    method: str = calibration.DEFAULT_METHOD,
+    calib_size: int = DEFAULT_CALIB_SIZE,
+    keep_float: Iterable[str] = (),
+    percentile: float = calibration.DEFAULT_PERCENTILE,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    freeze_observers_epoch: int = 2,
+    freeze_bn_epoch: int = 1,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    resume: bool = False,
+    eval_batch_size: int = 500,
+    evaluate: bool = True,
+    command: str | None = None,
+) -> dict:
+    """Quantization-aware fine-tuning of ``loaded`` for ``target``; writes the same artifact as
+    :func:`quantize_ptq` (plus ``qat_state.pt`` for ``resume``) and returns its metrics, which include
+    the per-epoch training history."""
+    require_torchao()
+    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    scheme = scheme_for(target)
+    calibration.check_method(method, percentile)
+    check_dataset_matches(loaded, dataset.classes, dataset.name)
+    check_calib_size(calib_size, dataset)
+    output_dir = ensure_writable_dir(output_dir, needed_bytes=32 << 20, what="--output")
+    config = QatConfig(
+        target=target, method=method, percentile=percentile, calib_size=calib_size,
+        keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), epochs=epochs, lr=lr,
+        weight_decay=weight_decay, batch_size=batch_size, freeze_observers_epoch=freeze_observers_epoch,
+        freeze_bn_epoch=freeze_bn_epoch, seed=seed,
+    )
+    config.validate()
+    state_path = output_dir / STATE_FILE
+    state = _read_state(state_path, loaded) if resume and state_path.is_file() else None
+    if resume and state is None:
+        progress.info(f"--resume: no QAT state at {state_path}, starting fresh")
+    if state is not None:
+        saved = dict(state["config"])
+        saved["epochs"] = epochs  # a resumed run may only be extended
+        saved["keep_float"] = tuple(saved.get("keep_float", ()))
+        config = QatConfig(**saved)
+        config.validate()
+
+    torch.manual_seed(config.seed)
+    model = _fresh_fp32(loaded)
+    quantizer = build_quantizer(scheme, config.method, config.percentile, config.keep_float, qat=True)
+    prepared = prepare_qat_pt2e(capture_for_training(model), quantizer)
+    calibration_seconds = 0.0
+    if state is None:
+        move_exported_model_to_eval(prepared)
+        calibration_seconds = _calibrate_ranges(prepared, calibration_batches(dataset, config.calib_size), loaded.normalization)
+    else:
+        prepared.load_state_dict(state["model"])
+    _finish_calibration(prepared)
+
+    params = dict(prepared.named_parameters())
+    decay = [p for name, p in params.items() if p.ndim > 1]
+    no_decay = [p for name, p in params.items() if p.ndim <= 1]
+    optimizer = torch.optim.SGD(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.lr, momentum=config.momentum,
+    )
+    num_train = len(dataset.train_images)
+    steps_per_epoch = max(1, num_train // config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))))
+    start_epoch, start_step, history = 0, 0, []
+    partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        history, partial = list(state["history"]), dict(state["partial"])
+        calibration_seconds = state.get("calibration_seconds", 0.0)
+        progress.info(f"resuming QAT from {state_path}: epoch {start_epoch + 1}, batch {start_step}")
+
+    def save_state(epoch: int, step: int) -> None:
+        torch_save_atomic(
+            {
+                "format": STATE_FORMAT,
+                "checkpoint_sha256": loaded.sha256,
+                "config": config.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in prepared.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "partial": partial,
+                "calibration_seconds": calibration_seconds,
+            },
+            state_path,
+        )
+
+    train_images = to_tensor_images(dataset.train_images)
+    train_labels = torch.from_numpy(dataset.train_labels)
+    tic_all = time.perf_counter()
+    with _StopOnSignal() as stop:
+        for epoch in range(start_epoch, config.epochs):
+            if epoch >= config.freeze_bn_epoch:
+                move_exported_model_to_eval(prepared)  # BN uses (and keeps) its running statistics
+            else:
+                move_exported_model_to_train(prepared)
+            if epoch >= config.freeze_observers_epoch:
+                prepared.apply(disable_observer)
+            order = epoch_permutation(num_train, config.seed, epoch)
+            first_step = start_step if epoch == start_epoch else 0
+            if first_step == 0:
+                partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+            with progress.bar(f"QAT epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
+                bar.advance(first_step)
+                for step in range(first_step, steps_per_epoch):
+                    tic = time.perf_counter()
+                    indices = order[step * config.batch_size : (step + 1) * config.batch_size]
+                    generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step + 1))
+                    inputs = normalize(augment(train_images[indices], generator), loaded.normalization)
+                    targets = train_labels[indices]
+                    logits = prepared(inputs)
+                    loss = F.cross_entropy(logits, targets)
+                    if not torch.isfinite(loss):
+                        raise UserError(f"QAT diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {step}", hint="lower --lr")
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    partial["loss"] += loss.item() * len(targets)
+                    partial["correct"] += int((logits.argmax(1) == targets).sum())
+                    partial["seen"] += len(targets)
+                    partial["time"] += time.perf_counter() - tic
+                    bar.advance(1, f"loss {partial['loss'] / partial['seen']:.3f} acc {100 * partial['correct'] / partial['seen']:.1f}%")
+                    if stop.signal_number is not None:
+                        save_state(epoch, step + 1)
+                        raise TrainingInterrupted(stop.signal_number, state_path)
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "train_loss": partial["loss"] / max(1, partial["seen"]),
+                    "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]),
+                    "epoch_time_s": partial["time"],
+                    "bn_frozen": epoch >= config.freeze_bn_epoch,
+                    "observers_frozen": epoch >= config.freeze_observers_epoch,
+                }
+            )
+            save_state(epoch + 1, 0)
+            progress.info(f"QAT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, train top-1 {history[-1]['train_top1']:.2f}%")
+    move_exported_model_to_eval(prepared)
+    converted = convert_pt2e(prepared)
+    timings = {"calibration_s": calibration_seconds, "qat_train_s": sum(h["epoch_time_s"] for h in history), "wall_s": time.perf_counter() - tic_all}
+    settings = {
+        "method": config.method,
+        "percentile": config.percentile if config.method == "percentile" else None,
+        "calib_size": config.calib_size,
+        "calib_source": "training split, data.calibration_indices(seed=2016)",
+        "keep_float": list(config.keep_float),
+        "qat": {**config.to_dict(), "history": history, "train_images": num_train},
+    }
+    result = finish(loaded, dataset, output_dir, converted, scheme, settings, timings, eval_batch_size, evaluate, command)
+    return result.metrics
+
+
+def _fresh_fp32(loaded: LoadedModel) -> torch.nn.Module:
+    """A copy of the FP32 model to fine-tune (the caller's model stays untouched)."""
+    import copy
+
+    return copy.deepcopy(loaded.model).cpu()
+
+
+def _fake_quantizers(prepared: torch.nn.Module):
+    from torchao.quantization.pt2e import FakeQuantizeBase
+
+    return [m for m in prepared.modules() if isinstance(m, FakeQuantizeBase)]
+
+
+def _calibrate_ranges(prepared: torch.fx.GraphModule, images, normalization, batch_size: int = 100) -> float:
+    """Observe the calibration images with fake-quant off (the FP32 activations, as PTQ sees them)."""
+    from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
+
+    start = time.perf_counter()
+    prepared.apply(disable_fake_quant)
+    with torch.no_grad():
+        for begin in range(0, len(images), batch_size):
+            prepared(normalize(to_tensor_images(images[begin : begin + batch_size]), normalization))
+    prepared.apply(enable_fake_quant)
+    return time.perf_counter() - start
+
+
+def _finish_calibration(prepared: torch.fx.GraphModule) -> None:
+    """Switch activation observers from calibrating to tracking, and load their ranges into the
+    fake-quantizers."""
+    for fake_quant in _fake_quantizers(prepared):
+        observer = fake_quant.activation_post_process
+        if hasattr(observer, "finish_calibration"):
+            observer.finish_calibration()
+            scale, zero_point = observer.calculate_qparams()
+            fake_quant.scale.resize_(scale.shape).copy_(scale)
+            fake_quant.zero_point.resize_(zero_point.shape).copy_(zero_point)
+
+
+def _read_state(path: Path, loaded: LoadedModel) -> dict:
+    state = torch_load_safe(path, "QAT state")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise UserError(f"{path} is not a resnet-deploy QAT state file")
+    if state.get("checkpoint_sha256") != loaded.sha256:
+        raise UserError(
+            f"{path} continues QAT of another checkpoint (sha256 {str(state.get('checkpoint_sha256'))[:12]}..., "
+            f"not {loaded.sha256[:12]}... of {loaded.path})",
+            hint="use another --output, or drop --resume to start over",
+        )
+    return state
+
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag; the loop saves at the next batch boundary and stops."""
+
+    def __init__(self) -> None:
+        self.signal_number: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = signum
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
