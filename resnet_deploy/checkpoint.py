@@ -10,10 +10,12 @@ It loads with ``torch.load(weights_only=True)``, so a checkpoint from elsewhere 
 ``epoch``          epochs completed; ``step``: batches done in the epoch in progress (0 at epoch end)
 ``train_config``   the TrainConfig as a dict
 ``optimizer``, ``scheduler``, ``rng``, ``best_accuracy``, ``history``: training state for ``--resume``
+``content_sha256`` digest of all the above (``content_digest``), checked on every read
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from .models import CifarResNet, ModelSpec, build_model
 
 FORMAT = "resnet-deploy/checkpoint"
 VERSION = 1
+DIGEST_KEY = "content_sha256"
 
 
 @dataclass
@@ -49,11 +52,47 @@ class LoadedModel:
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write atomically; ``payload`` holds at least model, state_dict, normalization, dataset."""
+    """Write atomically; ``payload`` holds at least model, state_dict, normalization, dataset.
+
+    The file also stores ``content_sha256``, a digest of everything else in it: torch's zip reader
+    checks no CRC, so without it a flipped bit in a weight would load silently as a different model.
+    """
     for key in ("model", "state_dict", "normalization", "dataset"):
         if key not in payload:
             raise ValueError(f"checkpoint payload lacks {key!r}")
-    torch_save_atomic({"format": FORMAT, "version": VERSION, **payload}, path)
+    content = {"format": FORMAT, "version": VERSION, **payload}
+    content.pop(DIGEST_KEY, None)
+    torch_save_atomic({**content, DIGEST_KEY: content_digest(content)}, path)
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 of a nested structure of dicts, lists, tensors and plain values, independent of how
+    torch.save lays it out in the file (tensor bytes, dtypes and shapes; dict keys in sorted order)."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{flat.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                feed(key)
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(item)
+        else:
+            # Subclasses (torch's TorchVersion str, IntEnum) read back as their base type: hash that.
+            base = next((kind for kind in (bool, int, float, str, bytes) if isinstance(value, kind)), None)
+            if base is not None:
+                value = base(value)
+            digest.update(f"V{type(value).__name__}:{value!r};".encode())
+
+    feed(obj)
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -82,6 +121,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         problems.append("'dataset' is not a dict")
     if problems:
         raise UserError(f"checkpoint {path} is malformed: {'; '.join(problems)}")
+    stored = raw.get(DIGEST_KEY)  # absent in checkpoints written before it was added, or by hand
+    if stored is not None and stored != content_digest({k: v for k, v in raw.items() if k != DIGEST_KEY}):
+        raise UserError(
+            f"checkpoint {path} is corrupt: its content does not match the digest stored in it "
+            "(a damaged copy or a flipped bit)",
+            hint="use another copy, or the run's last.pt/best.pt",
+        )
     return raw
 
 

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from reliability_support import code_payloads, figures, valid_members, write_tar  # noqa: F401 - figures is a fixture
 from resnet_deploy import models as models_module
+from resnet_deploy.checkpoint import DIGEST_KEY, content_digest
 from resnet_deploy.cli import main
 
 EXAMPLES = int(os.environ.get("RESNET_DEPLOY_FUZZ_EXAMPLES", "60"))
@@ -54,7 +55,8 @@ def sandbox(tmp_path_factory, synthetic_checkpoint):
     torch.save({"x": code_payloads(work / "pwned")["os.system"]}, work / "ckpt" / "evil.pt")
     raw = torch.load(synthetic_checkpoint, weights_only=True)
     raw["model"]["num_classes"] = 100
-    torch.save(raw, work / "ckpt" / "hundred-classes.pt")
+    raw.pop(DIGEST_KEY, None)
+    torch.save({**raw, DIGEST_KEY: content_digest(raw)}, work / "ckpt" / "hundred-classes.pt")
     (work / "junk.bin").write_bytes(os.urandom(3000))
     (work / "empty").mkdir()
     folder = work / "folder"
