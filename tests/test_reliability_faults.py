@@ -84,6 +84,15 @@ def _check_everything_left_behind(run: Path, counts: Counter) -> None:
         counts["files loaded after kills"] += 1
 
 
+def _identities(run: Path) -> dict:
+    identities = {}
+    for name in ("last.pt", "best.pt"):
+        with contextlib.suppress(FileNotFoundError):
+            stat = (run / name).stat()
+            identities[name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return identities
+
+
 def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll: float = 0.01) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,7 +107,8 @@ def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_path, reference_run, figures):
     """A loop of runs on one output folder, each killed with SIGKILL at a random moment: during start-up,
-    at a random time while training, or the instant a checkpoint's temporary file appears (mid-write).
+    at a random time while training, the instant a checkpoint's temporary file appears (mid-write), or
+    the instant a checkpoint file changes (where an in-place writer would be half-way through it).
     After every kill each file left behind must load; ``--resume`` continues; every chain of runs that
     reaches the last epoch must end with exactly the weights of the uninterrupted run."""
     rng = random.Random(int(os.environ.get("RESNET_DEPLOY_KILL_SEED", "20240601")))
@@ -108,7 +118,7 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
     run = tmp_path / f"chain{chain}"
     seen_temporaries: set[str] = set()
     for _ in range(kills):
-        moment = rng.choices(["start-up", "training", "mid-write"], weights=[1, 2, 3])[0]
+        moment = rng.choices(["start-up", "training", "mid-write", "file-changing"], weights=[1, 2, 2, 2])[0]
         launched = time.time()
         args = [*TRAIN_ARGS, "-o", str(run), *(["--resume"] if (run / "last.pt").exists() else [])]
         process = cli_subprocess(args, cwd=tmp_path)
@@ -121,7 +131,12 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
                 time.sleep(rng.uniform(0, 3.0))
             elif moment == "mid-write" and started:
                 _wait_for(lambda: any(run.glob(".*.tmp")), process, poll=0.0005)
-                time.sleep(rng.choice([0, 0, 0.001, 0.003]))
+                time.sleep(rng.choice([0, 0.0005, 0.001, 0.002, 0.005, 0.01]))
+            elif moment == "file-changing" and started:
+                # The instant a checkpoint differs from what it was: an in-place writer is caught
+                # mid-file here; an atomic one has just renamed a complete file into place.
+                before = _identities(run)
+                _wait_for(lambda: _identities(run) != before, process, poll=0.0005)
         if process.poll() is None:
             process.kill()
             counts[f"kills: {moment}"] += 1
