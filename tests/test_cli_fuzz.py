@@ -358,6 +358,11 @@ stage_strategies = {
             ]
         ),
     ).map(keep_small),
+    "quantize-info": command_line(
+        ["quantize-info"],
+        [("--checkpoint", st.just("ckpt/valid.pt"), checkpoints_bad)],
+        positional=(st.just("out/q"), st.sampled_from(["missing", "empty", "ckpt", "junk.bin"])),
+    ),
     "check-engine": command_line(
         ["check-engine"],
         [("--onnx", st.just("junk.bin"), st.just("missing.onnx"))],
@@ -396,7 +401,7 @@ STAGE_EXAMPLES = int(os.environ.get("RESNET_DEPLOY_FUZZ_STAGE_EXAMPLES", "10"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["quantize", "export", "bench", "build-engine", "check-engine", "pipeline"])
+@pytest.mark.parametrize("command", ["quantize", "quantize-info", "export", "bench", "build-engine", "check-engine", "pipeline"])
 def test_stage_commands_never_crash_or_write_outside(in_sandbox, figures, command):
     if not _registered(command):
         pytest.skip(f"{command} is not a registered command")
