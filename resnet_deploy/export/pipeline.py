@@ -179,7 +179,7 @@ def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failure
             f"{parity['top1_agreement']:.2f}% on {parity['count']} inputs"
         )
     else:
-        failures.append(f"{label} ONNX: " + describe_failure(entry["path"], parity))
+        failures.append(f"{label} ONNX: " + describe_failure(entry["path"], parity) + (f"\n    hint: {parity['hint']}" if parity.get("hint") else ""))
     return entry
 
 
@@ -245,6 +245,12 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
         threads=options.threads, reference_name="pytorch-int8-qdq (exact integer evaluation)",
         also_compare={"pytorch-int8-qdq float32 emulation": quantized.module},
     )
+    if not parity["passed"] and analysis["conv_bias_off_int32_grid"]:
+        parity["hint"] = (
+            f"{analysis['conv_bias_off_int32_grid']} of {analysis['quantized_convolutions']} quantized convolutions have a float "
+            "bias off the int32 grid (x_scale * w_scale); ONNX Runtime's QLinearConv rounds it, the PyTorch model does not. "
+            "Quantizing with biases snapped to that grid removes this source of disagreement"
+        )
     if problems:
         parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
     _record_onnx(manifest, export_dir, result, parity, failures, {"qdq": analysis, "onnxruntime_kernels": kernels})
@@ -298,15 +304,15 @@ def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, pla
         precision, scheme = artifact["precision"], artifact.get("scheme")
         if precisions and precision not in precisions:
             continue
-        if not artifact["parity"]["passed"]:
-            manifest_lib.add_skipped(manifest, "tensorrt", precision, f"{artifact['path']} failed parity")
-            continue
         if precision == "int8" and scheme != "tensorrt":
             manifest_lib.add_skipped(
                 manifest, "tensorrt", precision,
                 f"{artifact['path']} uses the {scheme} int8 scheme (uint8 activations, non-zero zero-points), which TensorRT "
                 "rejects; quantize with --target tensorrt for an int8 engine",
             )
+            continue
+        if not artifact["parity"]["passed"]:
+            manifest_lib.add_skipped(manifest, "tensorrt", precision, f"{artifact['path']} failed parity")
             continue
         onnx_path = export_dir / artifact["path"]
         cc_tag = "sm" + plan["compute_capability"].replace(".", "")

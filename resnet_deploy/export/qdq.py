@@ -70,10 +70,13 @@ def analyse_qdq(model_proto) -> dict:
             nonzero_zero_points += 1
     convs = [n for n in model_proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
     quantized = 0
+    bias_off_grid = 0
     for node in convs:
         sources = [producers.get(name) for name in node.input[:2]]
         if all(src is not None and src.op_type == "DequantizeLinear" for src in sources):
             quantized += node.op_type == "Conv"
+            if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
+                bias_off_grid += not _bias_on_grid(values[node.input[2]], sources[0], sources[1], values)
     return {
         "quantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "QuantizeLinear"),
         "dequantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "DequantizeLinear"),
@@ -83,7 +86,24 @@ def analyse_qdq(model_proto) -> dict:
         "int32_bias_dequantize": int32_dequantize,
         "convolutions": sum(1 for n in convs if n.op_type == "Conv"),
         "quantized_convolutions": quantized,
+        "conv_bias_off_int32_grid": bias_off_grid,
     }
+
+
+def _bias_on_grid(bias: np.ndarray, activation_dq, weight_dq, values: dict) -> bool:
+    """Is the float bias a whole multiple of x_scale * w_scale (the int32 bias an int8 kernel adds)?
+
+    ONNX Runtime's QLinearConv takes an int32 bias, so it rounds a float bias to that grid; TensorRT adds
+    it in float. A bias off the grid therefore gives two backends two slightly different models (a
+    fraction of an output LSB, enough to flip roundings that then spread through the network).
+    """
+    x_scale = values.get(activation_dq.input[1])
+    w_scale = values.get(weight_dq.input[1])
+    if x_scale is None or w_scale is None:
+        return True
+    step = np.float64(x_scale) * w_scale.astype(np.float64).reshape(-1)
+    ratio = bias.astype(np.float64).reshape(-1) / step
+    return bool(np.all(np.abs(ratio - np.round(ratio)) < 1e-3))
 
 
 def qdq_problems_of(analysis: dict, scheme: str) -> list[str]:
