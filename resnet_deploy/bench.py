@@ -79,6 +79,14 @@ class Thresholds:
     fp16_min_agreement: float = 99.9
     int8_max_top1_drop: float = 0.5
 
+    def validate(self) -> None:
+        # A NaN threshold would pass every row (any comparison with NaN is False): refuse it.
+        for option, value in (("--min-fp32-agreement", self.fp32_min_agreement), ("--min-fp16-agreement", self.fp16_min_agreement)):
+            if not (0.0 <= value <= 100.0):
+                raise UserError(f"{option} must be a percentage between 0 and 100, got {value}")
+        if not (0.0 <= self.int8_max_top1_drop <= 100.0):
+            raise UserError(f"--max-int8-drop must be between 0 and 100 percentage points, got {self.int8_max_top1_drop}")
+
 
 # ============================================================================================ latency
 

@@ -419,11 +419,6 @@ def test_stage_commands_never_crash_or_write_outside(in_sandbox, figures, comman
     print("\n".join(sorted(MESSAGES[command])))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bench accepts NaN thresholds: `drop > nan` is always False, so --verify --max-int8-drop nan passes every "
-    "row (also --min-fp32-agreement/--min-fp16-agreement nan). Owner: bench stage (validate finite, in range).",
-)
 def test_verify_thresholds_refuse_nan(in_sandbox):
     result = CliRunner().invoke(
         main,

@@ -557,12 +557,6 @@ def test_fuzz_archive_reader(tmp_path, figures):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="quantize artifacts store program.pt2, which torch.export.load reads with torch.load(weights_only=False) "
-    "for any weight marked use_pickle (and pickle.loads for opaque constants): a crafted artifact runs code. "
-    "The manifest's sha256 cannot help, the attacker writes it too. Owner: quantize stage.",
-)
 def test_quantize_artifact_cannot_run_code(tmp_path, synthetic_checkpoint):
     """A quantize artifact whose program.pt2 marks one weight as pickled and puts a code-running pickle
     there (manifest hash updated, as an attacker would) must be refused without running the code."""

@@ -90,6 +90,7 @@ def make_bench_config(options: dict):
     )
     settings.validate()
     thresholds = Thresholds(options.pop("min_fp32_agreement"), options.pop("min_fp16_agreement"), options.pop("max_int8_drop"))
+    thresholds.validate()
     verify = options.pop("verify")
     if verify and not settings.accuracy:
         raise UserError("--verify needs the accuracy pass; drop --no-accuracy")

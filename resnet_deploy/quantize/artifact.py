@@ -244,6 +244,7 @@ def load_quantized(artifact_dir: str | os.PathLike, checkpoint: str | os.PathLik
                 f"{path} is corrupt or was modified: its sha256 does not match {MANIFEST}",
                 hint="re-create the artifact with resnet-deploy quantize",
             )
+    refuse_pickled_program_entries(program_path)
     register_quant_ops()
     try:
         program = torch.export.load(str(program_path))
@@ -276,3 +277,48 @@ def summarize_qparams(qparams: list[dict]) -> dict:
         zero_points = record["zero_point"] if isinstance(record["zero_point"], list) else [record["zero_point"]]
         summary["nonzero_zero_points"] += sum(1 for z in zero_points if z != 0)
     return summary
+
+def refuse_pickled_program_entries(program_path: Path) -> None:
+    """Refuse a ``.pt2`` program that could run code when ``torch.export.load`` reads it.
+
+    ``torch.export.load`` unpickles with ``weights_only=False`` any weight or constant whose config says
+    ``use_pickle``, custom and opaque objects, and any embedded torch file (sample inputs, legacy
+    constants) that a weights-only load rejects. resnet-deploy never writes such entries (weights are
+    raw tensor bytes), so their presence means a crafted or foreign file. The manifest's sha256 cannot
+    tell: whoever crafts the program can rewrite the manifest too.
+    """
+    import io
+    import json
+    import pickle
+    import zipfile
+
+    def refuse(reason: str) -> None:
+        raise UserError(
+            f"{program_path} was refused: {reason} (loading it could run code)",
+            hint="only load int8 artifacts from sources you trust; re-create it with resnet-deploy quantize",
+        )
+
+    try:
+        archive = zipfile.ZipFile(program_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UserError(f"{program_path} is not a torch.export program archive: {exc}") from exc
+    with archive:
+        for name in archive.namelist():
+            parts = name.split("/")
+            if "custom_objects" in parts or any(part.startswith(("custom_obj", "opaque_obj")) for part in parts):
+                refuse(f"it holds a custom or opaque object ({name})")
+            if name.endswith("_config.json") and ("weights" in parts or "constants" in parts):
+                try:
+                    entries = json.loads(archive.read(name)).get("config", {})
+                except (ValueError, AttributeError) as exc:
+                    raise UserError(f"{program_path} has an unreadable {name}: {exc}") from exc
+                for key, entry in entries.items():
+                    if not isinstance(entry, dict) or entry.get("use_pickle", False) is not False:
+                        refuse(f"entry {key!r} of {name} is stored as a pickle")
+                    if "constants" in parts and not str(entry.get("path_name", "")).startswith("tensor"):
+                        refuse(f"constant {key!r} is not a tensor")
+            elif name.endswith(".pt"):
+                try:
+                    torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
+                except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+                    refuse(f"{name} holds objects a weights-only load rejects ({str(exc).splitlines()[0][:120]})")
