@@ -37,6 +37,7 @@ import numpy as np
 from . import progress
 from .backends.base import BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner, check_finite, physical_cores
 from .data import Normalization, normalize, to_tensor_images
+from .environment import cpu_model
 from .errors import UserError, VerificationError
 
 RESULTS_FORMAT = "resnet-deploy/bench"
@@ -503,7 +504,7 @@ def collect_environment() -> dict:
     import torch
 
     hardware = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "physical_cores": physical_cores(),
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
@@ -548,17 +549,6 @@ def collect_environment() -> dict:
 
     software["resnet_deploy"] = __version__
     return {"hardware": hardware, "software": software}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _memory_gb() -> float | None:
