@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -30,6 +29,7 @@ from .errors import UserError
 from .evaluation import evaluate
 from .fileio import ensure_writable_dir, remove_stale_temporaries, write_json
 from .models import build_model, normalize_spec
+from .signals import Interrupted, StopRequest
 
 OPTIMIZERS = ("sgd", "adamw")
 _OUTPUT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
@@ -195,37 +195,11 @@ class DistributedContext:
         return obj
 
 
-class _StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next batch boundary and exits cleanly."""
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> "_StopRequest":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_number is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal_number = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-class TrainingInterrupted(UserError):
+class TrainingInterrupted(Interrupted):
     """Raised after the state was saved because of SIGINT/SIGTERM; exit code 128+signal, as shells do."""
 
     def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(f"interrupted by signal {signum}; progress saved to {checkpoint}", hint="continue with --resume")
-        self.exit_code = 128 + signum
+        super().__init__(signum, f"interrupted by signal {signum}; progress saved to {checkpoint}", hint="continue with --resume")
 
 
 def train(
@@ -380,7 +354,7 @@ def train(
             save_checkpoint(last_path, payload(0, 0))
     step_hooks = [hook for hook in (on_step, dist.step_hook) if hook is not None]
     metrics: dict = history[-1] if history else {}
-    with _StopRequest() as stop:
+    with StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             model.train()
             order = epoch_permutation(num_train, config.seed, epoch).to(device)
