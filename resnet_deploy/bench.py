@@ -20,10 +20,17 @@ baseline row (FP32 PyTorch eager): top-1 agreement and max/mean absolute logit d
 Failures stay in their row: an out-of-memory batch size ends the sweep for that runner with the largest
 batch that fitted; NaN/inf outputs are reported with the runner and batch; a runner that cannot run
 here (no GPU, no TensorRT) is a skipped row with the reason.
+
+SIGINT/SIGTERM (:mod:`resnet_deploy.signals`) stop the benchmark at the next timed iteration or
+accuracy batch: the measurement in progress is discarded (never reported as ok), what was measured
+is kept, and every row and batch size not measured gets status ``interrupted``. The results say so
+(``results["interrupted"]``: signal, row, phase) and :func:`benchmark_artifacts` still writes them;
+:func:`raise_if_interrupted` then ends the command with exit code 128 + signal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -39,6 +46,7 @@ from .backends.base import BackendUnavailable, NonFiniteOutputError, Runner, Ski
 from .data import Normalization, normalize, to_tensor_images
 from .environment import cpu_model
 from .errors import UserError, VerificationError
+from .signals import Interrupted, StopRequest
 
 RESULTS_FORMAT = "resnet-deploy/bench"
 RESULTS_VERSION = 1
@@ -87,6 +95,34 @@ class Thresholds:
                 raise UserError(f"{option} must be a percentage between 0 and 100, got {value}")
         if not (0.0 <= self.int8_max_top1_drop <= 100.0):
             raise UserError(f"--max-int8-drop must be between 0 and 100 percentage points, got {self.int8_max_top1_drop}")
+
+
+# ============================================================================================ stopping
+
+
+class _StopMeasuring(BaseException):
+    """Raised at a safe point after SIGINT/SIGTERM to abandon the measurement in progress.
+
+    A BaseException so that no backend's ``except Exception`` can turn it into an error row.
+    """
+
+
+def _check_stop(stop: StopRequest | None) -> None:
+    if stop is not None and stop.requested:
+        raise _StopMeasuring
+
+
+class BenchInterrupted(Interrupted):
+    """The benchmark was stopped by SIGINT/SIGTERM; ``results_path`` holds what was measured (or is None)."""
+
+    def __init__(self, signum: int, message: str, results_path=None) -> None:
+        hint = (
+            "rows and batch sizes marked 'interrupted' were not measured; run the command again for a complete benchmark"
+            if results_path is not None
+            else None
+        )
+        super().__init__(signum, message, hint=hint)
+        self.results_path = results_path
 
 
 # ============================================================================================ latency
@@ -170,8 +206,11 @@ def latency_input(batch_size: int, images: np.ndarray | None, normalization: Nor
     return normalize(to_tensor_images(images[index]), normalization).numpy()
 
 
-def measure_latency(runner: Runner, batch: np.ndarray, settings: BenchSettings) -> dict:
-    """Warm up, then time ``runner`` on ``batch`` until the figure is stable. The runner must be active."""
+def measure_latency(runner: Runner, batch: np.ndarray, settings: BenchSettings, stop: StopRequest | None = None) -> dict:
+    """Warm up, then time ``runner`` on ``batch`` until the figure is stable. The runner must be active.
+
+    With ``stop``, a SIGINT/SIGTERM abandons the measurement after the iteration in progress
+    (``_StopMeasuring``): a measurement is reported whole or not at all."""
     batch_size = int(batch.shape[0])
     stream = runner.cuda_stream
     copies_apply = runner.device != "cpu"
@@ -205,14 +244,17 @@ def measure_latency(runner: Runner, batch: np.ndarray, settings: BenchSettings) 
     with _MemoryProbe(runner) as memory:
         first_ms, output = timed()
         check_finite(runner.to_host(output), runner.name, f"latency run, batch size {batch_size}")
+        _check_stop(stop)
         warmup_done, warmup_start = 1, time.perf_counter()
         while warmup_done < settings.warmup_iterations or time.perf_counter() - warmup_start < settings.warmup_seconds:
             timed()
             warmup_done += 1
+            _check_stop(stop)
         samples: list[float] = []
         started = time.perf_counter()
         while True:
             samples.append(timed()[0])
+            _check_stop(stop)
             elapsed = time.perf_counter() - started
             if len(samples) >= settings.min_iterations and elapsed >= settings.min_seconds:
                 values = np.asarray(samples)
@@ -250,22 +292,36 @@ def sweep_latency(
     settings: BenchSettings,
     images: np.ndarray | None = None,
     normalization: Normalization | None = None,
+    stop: StopRequest | None = None,
 ) -> list[dict]:
     """:func:`measure_latency` for each batch size (ascending). An out-of-memory batch ends the sweep
-    with a message naming the largest batch that fitted; other per-batch failures stay in their entry."""
+    with a message naming the largest batch that fitted; other per-batch failures stay in their entry.
+
+    After a SIGINT/SIGTERM (``stop``), the batch size being measured and every later one get status
+    ``interrupted``; the caller sees ``stop.requested``."""
     entries: list[dict] = []
     largest_ok: int | None = None
     oom_at: int | None = None
     with progress.bar(f"{runner.name} latency", total=len(settings.batch_sizes)) as bar:
         for batch_size in sorted(set(settings.batch_sizes)):
+            if stop is not None and stop.requested:
+                entries.append(_failed_entry(batch_size, "interrupted", f"not measured: the benchmark was interrupted by {stop.name} before this batch size"))
+                continue
             if oom_at is not None:
                 entries.append(_failed_entry(batch_size, "skipped", f"not tried: batch {oom_at} already ran out of memory"))
                 bar.advance()
                 continue
             try:
-                entry = measure_latency(runner, latency_input(batch_size, images, normalization), settings)
+                entry = measure_latency(runner, latency_input(batch_size, images, normalization), settings, stop)
                 largest_ok = batch_size
                 status = f"bs {batch_size}: {entry['images_per_sec']:,.0f} img/s"
+                progress.info(
+                    f"{runner.name} latency bs {batch_size}: {entry['images_per_sec']:,.0f} img/s, "
+                    f"p50 {entry['p50_ms']:.3f} ms ({entry['iterations']} iterations)"
+                )
+            except _StopMeasuring:
+                message = f"not measured: the benchmark was interrupted by {stop.name} during this measurement (its samples were discarded)"
+                entry, status = _failed_entry(batch_size, "interrupted", message), f"bs {batch_size}: interrupted"
             except NonFiniteOutputError as exc:
                 entry, status = _failed_entry(batch_size, "nonfinite", str(exc)), f"bs {batch_size}: NaN/inf"
             except UserError as exc:  # e.g. batch over a TensorRT profile's max
@@ -297,14 +353,18 @@ def predict(
     images: np.ndarray,
     normalization: Normalization,
     batch_size: int = 500,
+    stop: StopRequest | None = None,
 ) -> np.ndarray:
-    """Float32 logits of ``runner`` over uint8 NHWC ``images`` in order; NaN/inf raise with the batch."""
+    """Float32 logits of ``runner`` over uint8 NHWC ``images`` in order; NaN/inf raise with the batch.
+
+    With ``stop``, a SIGINT/SIGTERM abandons the pass after the batch in progress (``_StopMeasuring``)."""
     if runner.max_batch_size is not None:
         batch_size = min(batch_size, runner.max_batch_size)
     outputs = []
     count = len(images)
     with progress.bar(f"{runner.name} accuracy", total=count) as bar:
         for index, start in enumerate(range(0, count, batch_size)):
+            _check_stop(stop)
             batch = normalize(to_tensor_images(images[start : start + batch_size]), normalization)
             logits = runner.infer(batch)
             check_finite(logits, runner.name, f"accuracy pass, batch {index} of size {len(batch)} (images {start}..{start + len(batch) - 1})")
@@ -369,10 +429,13 @@ def run_benchmark(
     normalization: Normalization,
     settings: BenchSettings,
     baseline: str = "pytorch-fp32",
+    stop: StopRequest | None = None,
 ) -> dict:
     """Rows for every runner (the baseline first), with accuracy parity and latency sweeps.
 
-    Returns ``{"baseline", "settings", "rows"}``; :func:`build_results` adds the environment.
+    Returns ``{"baseline", "settings", "rows", "interrupted"}``; :func:`build_results` adds the
+    environment. SIGINT/SIGTERM are caught while it runs (or by the caller's ``stop``): the benchmark
+    ends at the next safe point and ``interrupted`` says where (None when it ran to the end).
     """
     settings.validate()
     names = [r.name for r in runners]
@@ -381,8 +444,18 @@ def run_benchmark(
     ordered = sorted(runners, key=lambda r: r.name != baseline)
     if settings.accuracy and (not ordered or ordered[0].name != baseline or isinstance(ordered[0], SkippedRunner)):
         raise UserError(f"the baseline row {baseline!r} must be among the runners and able to run")
+    with contextlib.ExitStack() as stack:
+        if stop is None:
+            stop = stack.enter_context(StopRequest())
+        rows, interrupted = _run_rows(ordered, images, labels, normalization, settings, baseline, stop)
+    _add_speedups(rows, baseline)
+    return {"baseline": baseline, "settings": asdict(settings), "rows": rows, "interrupted": interrupted}
+
+
+def _run_rows(ordered, images, labels, normalization, settings: BenchSettings, baseline: str, stop: StopRequest) -> tuple[list[dict], dict | None]:
     baseline_logits = baseline_metrics = None
-    rows = []
+    rows: list[dict] = []
+    interrupted: dict | None = None
     for runner in ordered:
         row = _row_header(runner)
         rows.append(row)
@@ -390,20 +463,40 @@ def run_benchmark(
             progress.info(f"skipped {runner.name}: {runner.reason}")
             continue
         row["settings"] = runner.describe()
+        if stop.requested:
+            row.update(status="interrupted", reason=f"not run: the benchmark was interrupted by {stop.name} before this row")
+            interrupted = interrupted or _interruption(stop, runner.name, "start")
+            continue
+        phase = "start"
         try:
             with runner:
                 row["settings"] = runner.describe()  # activation fills in thread counts, providers, profiles
                 if runner.max_batch_size is not None:
                     row["max_batch_size"] = runner.max_batch_size
                 if settings.accuracy:
-                    logits = predict(runner, images, normalization, settings.accuracy_batch_size)
+                    phase = "accuracy"
+                    logits = predict(runner, images, normalization, settings.accuracy_batch_size, stop)
                     row["accuracy"] = accuracy_metrics(logits, labels, baseline_logits, baseline_metrics)
                     row["accuracy"]["batch_size"] = min(settings.accuracy_batch_size, runner.max_batch_size or settings.accuracy_batch_size)
                     if runner.name == baseline:
                         baseline_logits, baseline_metrics = logits, row["accuracy"]
                     progress.info(f"{runner.name}: top-1 {row['accuracy']['top1']:.2f}%  agreement {row['accuracy']['agreement']:.2f}%")
                 if settings.latency:
-                    row["latency"] = sweep_latency(runner, settings, images, normalization)
+                    phase = "latency"
+                    row["latency"] = sweep_latency(runner, settings, images, normalization, stop)
+                    not_measured = [e["batch_size"] for e in row["latency"] if e["status"] == "interrupted"]
+                    if not_measured:
+                        row.update(
+                            status="interrupted",
+                            reason=f"interrupted by {stop.name} during the latency sweep: batch sizes {', '.join(map(str, not_measured))} not measured",
+                        )
+        except _StopMeasuring:  # raised by the accuracy pass only (the sweep handles its own)
+            row.update(status="interrupted", reason=f"interrupted by {stop.name} during the accuracy pass: no figures for this row")
+            if settings.latency and not row["latency"]:
+                row["latency"] = [
+                    _failed_entry(b, "interrupted", f"not measured: the benchmark was interrupted by {stop.name}")
+                    for b in sorted(set(settings.batch_sizes))
+                ]
         except BackendUnavailable as exc:
             row.update(status="skipped", reason=str(exc))
             progress.info(f"skipped {runner.name}: {exc}")
@@ -418,10 +511,31 @@ def run_benchmark(
                 reason = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
             row.update(status="error", reason=reason)
             progress.info(f"error in {runner.name}: {reason}")
-        if runner.name == baseline and row["status"] != "ok" and settings.accuracy:
+        if stop.requested and interrupted is None:
+            interrupted = _interruption(stop, runner.name, phase if row["status"] == "interrupted" else "after")
+        if runner.name == baseline and row["status"] not in ("ok", "interrupted") and settings.accuracy:
             raise UserError(f"the baseline {baseline} failed, so no row can be compared: {row['reason']}")
-    _add_speedups(rows, baseline)
-    return {"baseline": baseline, "settings": asdict(settings), "rows": rows}
+    if not any(row["status"] == "interrupted" for row in rows):
+        return rows, None  # the signal came after the last measurement: nothing is missing
+    progress.info(f"{interrupted['message']}: rows and batch sizes marked interrupted were not measured")
+    return rows, interrupted
+
+
+def _interruption(stop: StopRequest, row: str, phase: str) -> dict:
+    """``results["interrupted"]``: which signal stopped the benchmark, and where."""
+    where = {
+        "start": f"before row {row} was measured",
+        "accuracy": f"during the accuracy pass of row {row}",
+        "latency": f"during the latency sweep of row {row}",
+        "after": f"after row {row} was measured",
+    }[phase]
+    return {
+        "signal": int(stop.signal_number),
+        "signal_name": stop.name,
+        "row": row,
+        "phase": phase,
+        "message": f"interrupted by {stop.name} {where}",
+    }
 
 
 def _add_speedups(rows: list[dict], baseline: str) -> None:
@@ -587,6 +701,8 @@ def build_results(
         "settings": measured["settings"],
         "rows": measured["rows"],
         "verification": None,
+        # None, or which signal stopped the run and where: the rows then hold partial figures.
+        "interrupted": measured.get("interrupted"),
     }
     if extra:
         results.update(extra)
@@ -617,16 +733,33 @@ def benchmark_artifacts(
     checkpoint defaults to the one the first export manifest names. With ``thresholds`` the results carry
     a verification verdict; the caller raises on failure (``raise_if_failed``) after the report is
     written, so a failing run still leaves its evidence. Returns (results, paths written).
+
+    SIGINT/SIGTERM are caught from here on: the benchmark stops at the next safe point and what was
+    measured is written like a full run, with ``results["interrupted"]`` set (and no verification:
+    the rows are incomplete). The caller then ends with :func:`raise_if_interrupted`, as it does with
+    :func:`raise_if_failed`. If nothing at all was measured, nothing is written (an earlier run's
+    results stay) and :class:`BenchInterrupted` is raised here. A signal after the last measurement
+    loses nothing: the run finishes as if it had not come.
     """
+    from .fileio import ensure_writable_dir
+
+    settings.validate()
+    output_dir = ensure_writable_dir(output_dir, what="benchmark output directory")
+    with StopRequest() as stop:
+        return _benchmark_artifacts(
+            dataset, options, settings, stop, run_name=run_name, output_dir=output_dir, checkpoint=checkpoint,
+            export_dirs=export_dirs, quantized_dirs=quantized_dirs, thresholds=thresholds, command=command, extra=extra,
+        )
+
+
+def _benchmark_artifacts(dataset, options, settings: BenchSettings, stop: StopRequest, *, run_name, output_dir, checkpoint,
+                         export_dirs, quantized_dirs, thresholds, command, extra) -> tuple[dict, dict]:
     from pathlib import Path
 
     from .backends import build_runners, load_export_manifest
     from .checkpoint import check_dataset_matches, load_checkpoint
-    from .fileio import ensure_writable_dir
     from .report import write_report
 
-    settings.validate()
-    output_dir = ensure_writable_dir(output_dir, what="benchmark output directory")
     exports = [(Path(d), load_export_manifest(d)) for d in export_dirs]
     if checkpoint is None:
         if not exports:
@@ -646,7 +779,14 @@ def benchmark_artifacts(
             )
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     runners = build_runners(loaded.model, options, exports=exports, quantized=list(quantized_dirs), checkpoint=loaded.path)
-    measured = run_benchmark(runners, dataset.test_images, dataset.test_labels, loaded.normalization, settings)
+    measured = run_benchmark(runners, dataset.test_images, dataset.test_labels, loaded.normalization, settings, stop=stop)
+    interrupted = measured["interrupted"]
+    if interrupted is not None and not _anything_measured(measured["rows"]):
+        raise BenchInterrupted(
+            interrupted["signal"],
+            f"interrupted by {interrupted['signal_name']} before anything was measured; nothing written "
+            f"(an earlier report in {output_dir} is left as it was)",
+        )
     results = build_results(
         measured,
         run_name=run_name,
@@ -661,7 +801,23 @@ def benchmark_artifacts(
         command=command,
         extra=extra,
     )
-    if thresholds is not None:
+    if thresholds is not None and interrupted is None:
         apply_verification(results, thresholds)
     paths = write_report(results, output_dir)
     return results, paths
+
+
+def _anything_measured(rows: list[dict]) -> bool:
+    return any(row.get("accuracy") or any(e["status"] == "ok" for e in row.get("latency", [])) for row in rows)
+
+
+def raise_if_interrupted(results: dict, paths: dict | None = None) -> None:
+    """:class:`BenchInterrupted` (exit code 128 + signal) when SIGINT/SIGTERM cut the benchmark short;
+    call it after the partial results were written and shown."""
+    interrupted = results.get("interrupted")
+    if not interrupted:
+        return
+    where = ""
+    if paths:
+        where = f"; partial results written to {paths['results']} and {paths['markdown']}"
+    raise BenchInterrupted(interrupted["signal"], interrupted["message"] + where, paths["results"] if paths else None)

@@ -14,6 +14,10 @@ dataset fingerprint, sha256 of the files it reads) and the sha256 of what it wro
 stage whose inputs hash the same and whose outputs are still there unchanged ("current"); ``force``
 redoes everything. A stage that cannot run here (no TensorRT, no GPU, not requested) is recorded as
 skipped with its reason and shown in the report; nothing is dropped silently.
+
+SIGINT/SIGTERM during the bench stage end it like ``resnet-deploy bench``: the partial results are
+written (with this run's stage table, the bench stage recorded as failed with the signal) and
+``bench.BenchInterrupted`` is raised (exit 128 + signal); the next run redoes the bench.
 """
 
 from __future__ import annotations
@@ -323,13 +327,22 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
             command=config.command,
         )
         holder.update(results=results, paths=paths)
+        raise_if_interrupted(results, paths)  # the stage is recorded as failed, with the signal
         return [paths["results"]]
 
-    _run_stage(state, "bench", bench_inputs, bench)
+    from .bench import BenchInterrupted, raise_if_interrupted
+    from .report import write_report
+
+    try:
+        _run_stage(state, "bench", bench_inputs, bench)
+    except BenchInterrupted:
+        if "results" in holder:  # partial results were written: add this run's stage table to them
+            holder["results"]["pipeline"] = {"stages": [r.to_dict() for r in state.records]}
+            write_report(holder["results"], config.results_dir)
+        raise
     results = holder.get("results") or read_json(results_path, "benchmark results")
 
     # The report always reflects this run's stage table (cheap: no measurement).
-    from .report import write_report
 
     started = time.perf_counter()
     report_record = StageRecord("report", "done", None, None, {}, None)

@@ -20,16 +20,18 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
     dataset:  {name, split: "test", size, source}
     baseline: row name every delta and speedup is against ("pytorch-fp32")
     settings: BenchSettings (batch_sizes, include_copies, accuracy_batch_size, warm-up and timing limits)
-    rows: [{name, backend, precision, device, status: ok|skipped|error|nonfinite, reason,
+    rows: [{name, backend, precision, device, status: ok|skipped|error|nonfinite|interrupted, reason,
             settings: {...backend specific: threads, provider, graph optimization, int8 scheme...},
             accuracy: null | {top1, top5, loss, count, delta_top1, delta_top5, agreement,
                               max_abs_diff, mean_abs_diff, batch_size},
-            latency: [{batch_size, status: ok|oom|error|nonfinite|skipped, message,
+            latency: [{batch_size, status: ok|oom|error|nonfinite|skipped|interrupted, message,
                        iterations, warmup_iterations, first_call_ms, p50_ms, p90_ms, p99_ms, mean_ms,
                        std_ms, min_ms, images_per_sec, speedup_vs_baseline, peak_memory_mb,
                        memory_kind, timer, host_device_copies}]}]
     verification: null | {thresholds: {fp32_min_agreement, fp16_min_agreement, int8_max_top1_drop},
                           passed, failures: [{row, check, value, threshold, message}]}
+    interrupted: null | {signal, signal_name, row, phase: start|accuracy|latency|after, message}: set when
+                 SIGINT/SIGTERM stopped the run; the figures present are complete, the rest is missing
     pipeline (optional): {stages: [{name, status, reason, ...}]} when written by ``resnet-deploy pipeline``
 """
 
@@ -49,7 +51,7 @@ _LATENCY_ENTRY = {
     "required": ["batch_size", "status", "message"],
     "properties": {
         "batch_size": {"type": "integer", "minimum": 1},
-        "status": {"enum": ["ok", "oom", "error", "nonfinite", "skipped"]},
+        "status": {"enum": ["ok", "oom", "error", "nonfinite", "skipped", "interrupted"]},
         "message": _STRING_OR_NULL,
         "iterations": {"type": "integer", "minimum": 1},
         "warmup_iterations": {"type": "integer", "minimum": 0},
@@ -105,7 +107,7 @@ _ROW = {
         "backend": {"enum": ["pytorch", "onnxruntime", "tensorrt"]},
         "precision": {"enum": ["fp32", "fp16", "bf16", "int8"]},
         "device": {"type": "string"},
-        "status": {"enum": ["ok", "skipped", "error", "nonfinite"]},
+        "status": {"enum": ["ok", "skipped", "error", "nonfinite", "interrupted"]},
         "reason": _STRING_OR_NULL,
         "settings": {"type": "object"},
         "accuracy": _ACCURACY,
@@ -113,7 +115,7 @@ _ROW = {
         "max_batch_size": {"type": "integer", "minimum": 1},
     },
     "allOf": [
-        {"if": {"properties": {"status": {"enum": ["skipped", "error", "nonfinite"]}}}, "then": {"properties": {"reason": {"type": "string"}}}},
+        {"if": {"properties": {"status": {"enum": ["skipped", "error", "nonfinite", "interrupted"]}}}, "then": {"properties": {"reason": {"type": "string"}}}},
     ],
 }
 
@@ -197,6 +199,18 @@ RESULTS_SCHEMA: dict[str, Any] = {
                     "type": "array",
                     "items": {"type": "object", "required": ["row", "check", "value", "threshold", "message"]},
                 },
+            },
+        },
+        # Absent in results written before it existed; null when the run was not interrupted.
+        "interrupted": {
+            "type": ["object", "null"],
+            "required": ["signal", "signal_name", "row", "phase", "message"],
+            "properties": {
+                "signal": {"type": "integer", "minimum": 1},
+                "signal_name": {"type": "string"},
+                "row": {"type": "string"},
+                "phase": {"enum": ["start", "accuracy", "latency", "after"]},
+                "message": {"type": "string"},
             },
         },
         "pipeline": {
@@ -286,6 +300,14 @@ def render_markdown(results: dict) -> str:
     sizes = _batch_sizes(results)
     show_top5 = results["model"].get("num_classes", 10) > 10
     lines = [f"# Benchmark `{results['run_name']}`", ""]
+    interrupted = results.get("interrupted")
+    if interrupted:
+        lines += [
+            f"> **Interrupted**: {interrupted['message']}. The figures below are "
+            "complete measurements; rows and batch sizes marked **interrupted** were not measured, and the "
+            "thresholds were not checked. Run the same command again for a complete benchmark.",
+            "",
+        ]
     spec = results["model"]["spec"]
     checkpoint = results["model"]["checkpoint"]
     lines.append(
@@ -398,7 +420,9 @@ def render_markdown(results: dict) -> str:
 
     verification = results.get("verification")
     lines += ["## Verification", ""]
-    if verification is None:
+    if verification is None and interrupted:
+        lines.append("Not run: the benchmark was interrupted, so its rows are incomplete.")
+    elif verification is None:
         lines.append("Not requested (run with `--verify` to gate on the thresholds).")
     else:
         thresholds = verification["thresholds"]

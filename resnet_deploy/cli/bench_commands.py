@@ -155,9 +155,12 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
       resnet-deploy bench --checkpoint runs/r20/best.pt --backend pytorch --batch-sizes 1,64 --data-dir DATA
       resnet-deploy bench --export exports/r20 --backend onnxruntime --precision int8 --verify --data-dir DATA
       resnet-deploy bench --export exports/r50 --backend tensorrt --device cuda --cuda-graph --no-copies --data-dir DATA
-    Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input.
+    Ctrl-C (SIGINT) or SIGTERM stops at the next timed iteration: what was measured is written (rows
+    and batch sizes not reached are marked interrupted) and the command exits 130 or 143.
+    Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input,
+    130/143 interrupted by SIGINT/SIGTERM (partial results written).
     """
-    from ..bench import benchmark_artifacts, raise_if_failed
+    from ..bench import benchmark_artifacts, raise_if_failed, raise_if_interrupted
 
     runner_options, settings, thresholds = make_bench_config(options)
     if checkpoint is None and not export_dirs:
@@ -178,6 +181,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
         command=["resnet-deploy", *sys.argv[1:]],
     )
     _print_summary(results, paths)
+    raise_if_interrupted(results, paths)
     raise_if_failed(results)
 
 
@@ -213,6 +217,8 @@ def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, tr
     Each stage is skipped when its inputs (settings, data, files, by sha256) and outputs are unchanged
     since the last run; --force redoes it. Stages that cannot run here (no TensorRT, no GPU) are listed
     as skipped with the reason in the report. Exit 1 when a verification threshold is missed.
+    SIGINT/SIGTERM during training save the progress (rerun the same command to continue); during
+    the bench stage they write the partial results, as `bench` does; either way exit 130/143.
 
     \b
     Examples:
