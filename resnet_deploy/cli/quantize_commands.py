@@ -28,7 +28,7 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
 @click.option("--target", type=click.Choice(TARGETS), default="tensorrt", show_default=True,
               help="tensorrt: signed int8, symmetric, zero-point 0 (TensorRT's explicit quantization). "
               "cpu: U8S8 (uint8 asymmetric activations, int8 per-channel weights) for x86 int8 kernels / ONNX Runtime.")
-@click.option("--method", type=click.Choice(METHODS), default="mse", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default="entropy", show_default=True,
               help="Activation range calibration: minmax, ema (moving-average min-max), percentile, "
               "entropy (TensorRT's KL), mse (expected quantization error).")
 @click.option("--percentile", default=99.99, show_default=True, type=float, help="For --method percentile.")
@@ -36,6 +36,8 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
               help="Calibration images, taken deterministically from the TRAINING split (never test).")
 @click.option("--keep-float", default="", help="Comma-separated layers to keep in floating point: "
               "'first' (first conv), 'last' (last FC) or names such as layers.2.2.conv2.")
+@click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
+              help="PTQ: re-centre every layer's output mean on the calibration images (float bias, free at inference).")
 @click.option("--output", "-o", type=click.Path(), help="Artifact directory [calibration/<run-name>].")
 @click.option("--run-name", help="Name of the artifact directory under calibration/ [<checkpoint dir>-<target>].")
 @click.option("--eval-batch-size", default=500, show_default=True, type=click.IntRange(min=1))
@@ -56,7 +58,7 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
               help="Test images per sensitivity evaluation (the full set is used for the final model).")
 @click.option("--max-float-layers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Sensitivity: at most this many layers in the mixed-precision plan.")
-def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, output, run_name, eval_batch_size,
+def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, bias_correction, output, run_name, eval_batch_size,
              qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, sensitivity, sensitivity_mode,
              sensitivity_images, max_float_layers):
     """Quantize CHECKPOINT to int8 and measure it against FP32 on the full test split.
@@ -97,7 +99,7 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
             freeze_observers_epoch=freeze_observers_epoch, freeze_bn_epoch=freeze_bn_epoch, resume=resume, **common,
         )
     else:
-        metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, **common)
+        metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, bias_correction=bias_correction, **common)
     result = {"artifact": str(output_dir), "target": target, "method": method, **_headline(metrics)}
     if sensitivity:
         report = quantize_stage.sensitivity_analysis(

@@ -36,7 +36,7 @@ import torch
 from ..errors import UserError
 
 METHODS = ("minmax", "ema", "percentile", "entropy", "mse")
-DEFAULT_METHOD = "mse"
+DEFAULT_METHOD = "entropy"
 DEFAULT_PERCENTILE = 99.99
 EMA_CONSTANT = 0.1
 HISTOGRAM_BINS = 2048
@@ -109,7 +109,10 @@ def _build_histogram_observer():
             low, high = torch.aminmax(x)
             self.min_val.copy_(torch.minimum(low, self.min_val))
             self.max_val.copy_(torch.maximum(high, self.max_val))
-            self.histogram.add(x.abs() if self.symmetric else x)
+            if self.symmetric:
+                self.histogram.add(x.abs(), 0.0, float(torch.maximum(-low, high)))
+            else:
+                self.histogram.add(x, float(low), float(high))
             return x_orig
 
         def chosen_range(self) -> tuple[float, float]:
@@ -170,9 +173,11 @@ class _GridHistogram:
         self.total = 0.0
         self._pending_zeros = 0.0
 
-    def add(self, values: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor, low: float | None = None, high: float | None = None) -> None:
+        """Count ``values``; ``low``/``high`` are their min and max when the caller knows them already."""
         values = values.reshape(-1)
-        low, high = (float(v) for v in torch.aminmax(values))
+        if low is None or high is None:
+            low, high = (float(v) for v in torch.aminmax(values))
         if not (math.isfinite(low) and math.isfinite(high)):
             raise UserError("an activation holds inf or NaN during calibration; the model or its input is broken")
         zeros = float(values.numel() - torch.count_nonzero(values))

@@ -36,15 +36,23 @@ def example_input(batch: int = 2) -> torch.Tensor:
 
 
 def capture(model: torch.nn.Module) -> torch.fx.GraphModule:
-    """torch.export the FP32 model (eval mode, dynamic batch) and return the ATen graph module."""
-    model = model.eval()
+    """torch.export the FP32 model (eval mode, dynamic batch) and return the ATen graph module.
+
+    The graph gets its own copy of the weights: later passes (BN folding, bias correction) change
+    them in place and must never reach the caller's model.
+    """
+    import copy
+
+    model = copy.deepcopy(model).eval()
     program = torch.export.export(model, (example_input(),), dynamic_shapes=({0: batch_dim()},))
     return program.module()
 
 
 def capture_for_training(model: torch.nn.Module) -> torch.fx.GraphModule:
-    """torch.export in train mode (BatchNorm updates its statistics), for QAT."""
-    model = model.train()
+    """torch.export in train mode (BatchNorm updates its statistics), for QAT; on a copy of ``model``."""
+    import copy
+
+    model = copy.deepcopy(model).train()
     program = torch.export.export(model, (example_input(),), dynamic_shapes=({0: batch_dim()},))
     return program.module()
 

@@ -27,9 +27,12 @@ from .capture import (
     resolve_keep_float,
     run_calibration,
 )
+from .bias_correction import snap_biases_to_int32_grid
 from .quantizer import scheme_for
 
 DEFAULT_CALIB_SIZE = 1000
+DEFAULT_BIAS_CORRECTION = True
+BIAS_CORRECTION_IMAGES = 512
 
 
 def ptq_convert(
@@ -41,11 +44,14 @@ def ptq_convert(
     method: str = calibration.DEFAULT_METHOD,
     percentile: float = calibration.DEFAULT_PERCENTILE,
     keep_float: Iterable[str] = (),
+    bias_correction: bool = False,
+    bias_correction_mode: str = "sequential",
     calib_batch_size: int = 100,
 ) -> tuple[torch.fx.GraphModule, dict]:
     """The library core of PTQ: returns the converted model (Q/DQ reference form) and timings.
 
-    ``keep_float`` holds resolved layer names (see ``quantizer.resolve_layer_names``).
+    ``keep_float`` holds resolved layer names (see ``quantizer.resolve_layer_names``);
+    ``bias_correction`` applies :mod:`.bias_correction` on the calibration images.
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -58,14 +64,25 @@ def ptq_convert(
     prepare_seconds = time.perf_counter() - start
     observe_seconds = run_calibration(prepared, calibration_images, normalization, calib_batch_size)
     tic = time.perf_counter()
-    converted = convert_pt2e(prepared)
+    converted = convert_pt2e(prepared, fold_quantize=not bias_correction)
     convert_seconds = time.perf_counter() - tic
     timings = {
         "capture_prepare_s": prepare_seconds,
         "observe_s": observe_seconds,
         "convert_s": convert_seconds,  # includes computing ranges (histogram searches)
-        "calibration_s": prepare_seconds + observe_seconds + convert_seconds,
     }
+    if bias_correction:
+        from .bias_correction import correct_bias, fold_weight_quantization
+
+        tic = time.perf_counter()
+        # Channel means converge long before 1,000 images: half of them is plenty, and halves the cost.
+        subset = calibration_images[: max(1, min(len(calibration_images), BIAS_CORRECTION_IMAGES))]
+        timings["bias_correction"] = correct_bias(converted, subset, normalization, mode=bias_correction_mode)
+        fold_weight_quantization(converted)
+        timings["bias_correction_s"] = time.perf_counter() - tic
+    # Last, so that no later change moves a bias off the grid again.
+    timings["bias_grid"] = snap_biases_to_int32_grid(converted)
+    timings["calibration_s"] = sum(v for k, v in timings.items() if k.endswith("_s"))
     return converted, timings
 
 
@@ -108,6 +125,7 @@ def quantize_ptq(
     calib_size: int = DEFAULT_CALIB_SIZE,
     keep_float: Iterable[str] = (),
     percentile: float = calibration.DEFAULT_PERCENTILE,
+    bias_correction: bool = DEFAULT_BIAS_CORRECTION,
     eval_batch_size: int = 500,
     evaluate: bool = True,
     command: str | None = None,
@@ -116,11 +134,13 @@ def quantize_ptq(
     ``output_dir`` (see :mod:`.artifact`) and returns its manifest's metrics.
 
     Calibration uses ``calib_size`` training images chosen by ``data.calibration_indices``; accuracy
-    is measured on the whole test split of ``dataset``.
+    is measured on the whole test split of ``dataset``. ``bias_correction`` re-centres each layer's
+    output on the calibration images (see :mod:`.bias_correction`).
     """
     result = run_ptq(
         loaded, dataset, output_dir, target=target, method=method, calib_size=calib_size, keep_float=keep_float,
-        percentile=percentile, eval_batch_size=eval_batch_size, evaluate=evaluate, command=command,
+        percentile=percentile, bias_correction=bias_correction, eval_batch_size=eval_batch_size, evaluate=evaluate,
+        command=command,
     )
     return result.metrics
 
@@ -135,6 +155,7 @@ def run_ptq(
     calib_size: int = DEFAULT_CALIB_SIZE,
     keep_float: Iterable[str] = (),
     percentile: float = calibration.DEFAULT_PERCENTILE,
+    bias_correction: bool = DEFAULT_BIAS_CORRECTION,
     eval_batch_size: int = 500,
     evaluate: bool = True,
     command: str | None = None,
@@ -149,7 +170,7 @@ def run_ptq(
     progress.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
     converted, timings = ptq_convert(
         loaded.model, calibration_batches(dataset, calib_size), loaded.normalization,
-        target=target, method=method, percentile=percentile, keep_float=keep,
+        target=target, method=method, percentile=percentile, keep_float=keep, bias_correction=bias_correction,
     )
     settings = {
         "method": method,
@@ -157,6 +178,7 @@ def run_ptq(
         "calib_size": calib_size,
         "calib_source": "training split, data.calibration_indices(seed=2016)",
         "keep_float": keep,
+        "bias_correction": bias_correction,
         "qat": None,
     }
     return finish(loaded, dataset, output_dir, converted, scheme, settings, timings, eval_batch_size, evaluate, command)

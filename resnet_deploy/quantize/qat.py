@@ -35,6 +35,7 @@ from ..errors import UserError
 from ..fileio import ensure_writable_dir, torch_load_safe, torch_save_atomic
 from ..train import TrainingInterrupted, batch_seed, epoch_permutation
 from . import calibration
+from .bias_correction import snap_biases_to_int32_grid
 from .capture import build_quantizer, calibration_batches, capture_for_training, check_calib_size, require_torchao, resolve_keep_float
 from .ptq import DEFAULT_CALIB_SIZE, finish
 from .quantizer import scheme_for
@@ -235,7 +236,12 @@ def quantize_qat(
             progress.info(f"QAT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, train top-1 {history[-1]['train_top1']:.2f}%")
     move_exported_model_to_eval(prepared)
     converted = convert_pt2e(prepared)
-    timings = {"calibration_s": calibration_seconds, "qat_train_s": sum(h["epoch_time_s"] for h in history), "wall_s": time.perf_counter() - tic_all}
+    timings = {
+        "calibration_s": calibration_seconds,
+        "qat_train_s": sum(h["epoch_time_s"] for h in history),
+        "wall_s": time.perf_counter() - tic_all,
+        "bias_grid": snap_biases_to_int32_grid(converted),  # see bias_correction: one model for every backend
+    }
     settings = {
         "method": config.method,
         "percentile": config.percentile if config.method == "percentile" else None,

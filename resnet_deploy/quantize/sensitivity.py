@@ -105,6 +105,7 @@ def sensitivity_analysis(
     max_float_layers: int = 2,
     min_share: float = 0.1,
     verify_plan: bool = True,
+    bias_correction: bool = True,
 ) -> dict:
     """Rank layers by the top-1 they lose when quantized; write the report (JSON) and return it.
 
@@ -178,10 +179,11 @@ def sensitivity_analysis(
     if verify_plan and plan:
         converted, _ = ptq_convert(
             loaded.model, calibration_batches(dataset, calib_size), normalization, target=target, method=method,
-            percentile=percentile, keep_float=plan,
+            percentile=percentile, keep_float=plan, bias_correction=bias_correction,
         )
         logits = predict_logits(converted, images, normalization)
         report["plan"]["verified"] = {
+            "bias_correction": bias_correction,
             "top1": classification_metrics(logits, labels)["top1"],
             "agreement": 100.0 * (logits.argmax(1) == fp32_logits.argmax(1)).float().mean().item(),
         }
