@@ -624,6 +624,8 @@ def collect_environment() -> dict:
         "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gb": _memory_gb(),
         "platform": platform.platform(),
+        # Other processes competing for the cores distort CPU figures: recorded so a reader can judge.
+        "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
         "gpus": [],
     }
     if torch.cuda.is_available():

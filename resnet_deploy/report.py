@@ -144,6 +144,7 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "affinity_cpus": {"type": ["integer", "null"]},
                 "memory_gb": _NUMBER_OR_NULL,
                 "platform": {"type": "string"},
+                "load_average": {"type": ["array", "null"], "items": {"type": "number"}},
                 "gpus": {
                     "type": "array",
                     "items": {"type": "object", "required": ["name", "compute_capability"], "properties": {"name": {"type": "string"}}},
@@ -320,6 +321,13 @@ def render_markdown(results: dict) -> str:
         f"**Hardware** {hw['cpu_model']}, {hw['physical_cores']} physical cores ({hw.get('logical_cpus')} logical, "
         f"{hw.get('affinity_cpus')} usable), {_fmt(hw.get('memory_gb'), '.1f')} GB RAM; GPU: {gpus}."
     )
+    load = hw.get("load_average")
+    if load:
+        busy = load[0] > 0.5 * hw["physical_cores"]
+        lines.append(
+            f"**Load average** when the run started (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
+            + (f" — other processes were competing for the {hw['physical_cores']} cores: CPU figures are lower and noisier than on an idle machine." if busy else ".")
+        )
     trt = sw.get("tensorrt")
     lines.append(
         f"**Software** torch {sw['torch']}, onnxruntime {sw.get('onnxruntime') or 'not installed'} "
