@@ -20,16 +20,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import numpy as np  # noqa: E402
+
 from resnet_deploy.backends import RunnerOptions  # noqa: E402
-from resnet_deploy.bench import BenchSettings, Thresholds, benchmark_artifacts  # noqa: E402
-from resnet_deploy.data import load_dataset  # noqa: E402
+from resnet_deploy.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
+from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
+from resnet_deploy.bench import BenchSettings, Thresholds, benchmark_artifacts, latency_input, measure_latency  # noqa: E402
+from resnet_deploy.data import load_dataset, normalize, to_tensor_images  # noqa: E402
 from resnet_deploy.fileio import write_json  # noqa: E402
+from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
 
 INT8_GOAL_IMAGES_PER_SEC = 7000.0
 INT8_GOAL_SPEEDUP = 5.0
@@ -46,6 +54,52 @@ def best_int8_row(rows: list[dict], batch_size: int) -> dict | None:
         if entry:
             candidates.append((entry["images_per_sec"], row, entry))
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def stock_int8_onnx(fp32_onnx: Path, dataset, normalization, calib_size: int, workdir: Path) -> Path:
+    """ONNX Runtime's own int8 flow on the same FP32 ONNX, as its documentation runs it for x86:
+    quant_pre_process, then quantize_static (QDQ, uint8 activations, int8 per-channel weights, MinMax)
+    on the same calibration images resnet-deploy uses."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = workdir / "stock-pre.onnx"
+    out = workdir / "stock-int8-u8s8.onnx"
+    quant_pre_process(str(fp32_onnx), str(pre))
+    images = calibration_batches(dataset, calib_size)
+    import onnx
+
+    input_name = onnx.load(str(pre)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(
+                normalize(to_tensor_images(images[i : i + 100]), normalization).numpy() for i in range(0, len(images), 100)
+            )
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {input_name: batch}
+
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def interleaved_speed(paths: dict[str, Path], batch: np.ndarray, threads: int, rounds: int, settings: BenchSettings) -> dict:
+    """images/s of each ONNX file, measured in alternation ``rounds`` times: a shared machine drifts
+    by tens of percent within minutes, so back-to-back A/B rounds and their medians are the fair
+    comparison, not two figures taken at different times."""
+    runners = {name: OnnxRuntimeRunner(path, precision="int8", name=name, threads=threads).activate() for name, path in paths.items()}
+    speeds: dict[str, list[float]] = {name: [] for name in paths}
+    try:
+        for _ in range(rounds):
+            for name, runner in runners.items():
+                speeds[name].append(measure_latency(runner, batch, settings)["images_per_sec"])
+    finally:
+        for runner in runners.values():
+            runner.deactivate()
+    return {name: {"median_images_per_sec": statistics.median(v), "rounds": v} for name, v in speeds.items()}
 
 
 def check_targets(results: dict, batch_size: int) -> list[dict]:
@@ -82,6 +136,8 @@ def main() -> int:
     parser.add_argument("--min-time", type=float, default=2.0)
     parser.add_argument("--max-time", type=float, default=8.0)
     parser.add_argument("--label", help="suffix of the results folder name")
+    parser.add_argument("--ab-rounds", type=int, default=5,
+                        help="interleaved rounds against ONNX Runtime's own quantize_static int8 (0: skip that comparison)")
     parser.add_argument("--output-root", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args()
 
@@ -98,9 +154,27 @@ def main() -> int:
         export_dirs=args.export, quantized_dirs=args.quantized, thresholds=Thresholds(), command=[sys.executable, *sys.argv],
     )
     targets = check_targets(results, args.target_batch)
+    versus_stock = None
+    best = best_int8_row(results["rows"], args.target_batch)
+    if args.ab_rounds > 0 and best is not None:
+        export_dir = Path(args.export[0])
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        fp32 = next(a["path"] for a in manifest["artifacts"] if a["kind"] == "onnx" and a["precision"] == "fp32")
+        ours = Path(best["settings"]["onnx"])  # the fastest int8 row above: what a CPU deployment ships
+        normalization = load_checkpoint(results["model"]["checkpoint"]["path"]).normalization
+        with tempfile.TemporaryDirectory() as workdir:
+            stock = stock_int8_onnx(export_dir / fp32, dataset, normalization, 1000, Path(workdir))
+            batch = latency_input(args.target_batch, dataset.test_images, normalization)
+            speeds = interleaved_speed({"resnet-deploy": ours, "onnxruntime quantize_static": stock}, batch, args.threads, args.ab_rounds, settings)
+        ratio = speeds["resnet-deploy"]["median_images_per_sec"] / speeds["onnxruntime quantize_static"]["median_images_per_sec"]
+        versus_stock = {"batch_size": args.target_batch, "ours": str(ours), "speeds": speeds, "ratio": ratio,
+                        "stock": "onnxruntime quantize_static QDQ U8S8 per-channel MinMax on the same FP32 ONNX, same 1,000 calibration images"}
+        print(f"int8 at batch {args.target_batch}, {args.ab_rounds} interleaved rounds: resnet-deploy "
+              f"{speeds['resnet-deploy']['median_images_per_sec']:,.0f} img/s, ONNX Runtime quantize_static "
+              f"{speeds['onnxruntime quantize_static']['median_images_per_sec']:,.0f} img/s (ratio {ratio:.2f})")
     write_json(output_dir / "targets.json", {
         "run_name": name, "batch_size": args.target_batch, "threads": args.threads,
-        "hardware": results["hardware"], "targets": targets, "results": "results.json",
+        "hardware": results["hardware"], "targets": targets, "versus_stock_int8": versus_stock, "results": "results.json",
     })
     for target in targets:
         measured = target["measured"]
