@@ -96,25 +96,20 @@ def test_tensorrt_scheme_is_symmetric_int8_qdq(int8_exports):
 
 
 def test_int8_parity_on_held_out_images(int8_exports):
-    """>= 99.5 % top-1 agreement with the int8 model on the 1,000 held-out images, and an export that
-    misses it fails, names the check and (when that is the cause) explains the bias grid."""
+    """>= 99.5 % top-1 agreement between ONNX Runtime and the PyTorch int8 model on the 1,000 held-out
+    images, for both schemes: quantize puts every bias on the int32 grid, so both run one model."""
     for target in ("tensorrt", "cpu"):
         report = int8_exports[target]
         artifact = _int8(report)
+        assert not isinstance(report, _FailedExport), report.error
+        assert artifact["qdq"]["conv_bias_off_int32_grid"] == 0
         parity = artifact["parity"]
         assert parity["reference"].startswith("pytorch-int8-qdq") and parity["count"] == 1000
         assert "held-out" in parity["inputs"]
         assert parity["reference_top1"] > 30  # a model that learned something, so agreement means something
         emulation = parity["compared_with"]["pytorch-int8-qdq float32 emulation"]
         assert emulation["reference_top1_agreement"] >= 99.0  # float32 emulation noise is small but real
-        assert parity["passed"] == (parity["top1_agreement"] >= 99.5 and not parity["failures"][1:])
-        if artifact["qdq"]["conv_bias_off_int32_grid"] == 0:
-            assert parity["passed"], parity  # with grid biases nothing but rounding noise is left
-        if not parity["passed"]:
-            assert isinstance(report, _FailedExport) and f"int8 ({target}) ONNX" in report.error
-            assert "top1_agreement" in report.error
-            if artifact["qdq"]["conv_bias_off_int32_grid"]:
-                assert "int32 grid" in report.error
+        assert parity["passed"] and parity["top1_agreement"] >= 99.5 and not parity["failures"], parity
 
 
 def test_exact_reference_is_batch_independent(int8_artifacts, cifar10_small):
@@ -137,22 +132,24 @@ def test_exact_reference_is_batch_independent(int8_artifacts, cifar10_small):
 
 
 def test_bias_grid_diagnostic(int8_exports, tmp_path):
-    """Snapping every quantized conv's bias onto x_scale * w_scale makes the count drop to zero."""
+    """The export's diagnostic counts biases moved off x_scale * w_scale (what an artifact made by
+    another tool, or before quantize snapped biases, looks like) and nothing once they are back on it."""
     path = int8_exports["tensorrt"].export_dir / _int8(int8_exports["tensorrt"])["path"]
     model = onnx.load(str(path))
-    before = analyse_qdq(model)["conv_bias_off_int32_grid"]
+    assert analyse_qdq(model)["conv_bias_off_int32_grid"] == 0
     values = {i.name: i for i in model.graph.initializer}
     consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
     producers = {o: n for n in model.graph.node for o in n.output}
+    moved = 0
     for node in model.graph.node:
         if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
             x_dq, w_dq = producers[node.input[0]], producers[node.input[1]]
             scale = lambda name: numpy_helper.to_array(values[name]) if name in values else consts[name]  # noqa: E731
             step = np.float64(scale(x_dq.input[1])) * scale(w_dq.input[1]).astype(np.float64)
             bias = numpy_helper.to_array(values[node.input[2]]).astype(np.float64)
-            snapped = (np.round(bias / step) * step).astype(np.float32)
-            values[node.input[2]].CopyFrom(numpy_helper.from_array(snapped, node.input[2]))
-    assert before > 0 and analyse_qdq(model)["conv_bias_off_int32_grid"] == 0
+            values[node.input[2]].CopyFrom(numpy_helper.from_array((bias + 0.3 * step).astype(np.float32), node.input[2]))
+            moved += 1
+    assert moved > 0 and analyse_qdq(model)["conv_bias_off_int32_grid"] == moved
 
 
 def test_cpu_scheme_runs_int8_kernels_in_onnx_runtime(int8_exports):

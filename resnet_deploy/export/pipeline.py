@@ -249,7 +249,7 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
         parity["hint"] = (
             f"{analysis['conv_bias_off_int32_grid']} of {analysis['quantized_convolutions']} quantized convolutions have a float "
             "bias off the int32 grid (x_scale * w_scale); ONNX Runtime's QLinearConv rounds it, the PyTorch model does not. "
-            "Quantizing with biases snapped to that grid removes this source of disagreement"
+            "an artifact from `resnet-deploy quantize` has them on the grid: re-quantize this checkpoint"
         )
     if problems:
         parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
