@@ -167,7 +167,9 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             hint="only load files from sources you trust; resnet-deploy never unpickles arbitrary objects",
         ) from exc
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:
-        raise UserError(f"{what} {path} is corrupt or not a torch file: {str(exc).splitlines()[0]}") from exc
+        # An empty file raises EOFError with no message: name the exception rather than index nothing.
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"{what} {path} is corrupt or not a torch file: {reason}") from exc
 
 
 def ensure_writable_dir(directory: str | os.PathLike, needed_bytes: int = 0, what: str = "output directory") -> Path:
