@@ -250,7 +250,7 @@ def test_sigterm_and_kill_9_during_qat_never_tear_a_file_and_resume_is_exact(tmp
         if temporaries - seen_temporaries:
             counts["kills that left a temporary file (mid-write)"] += 1
         seen_temporaries |= temporaries
-        counts[f"state after the kill: epoch {_state_epoch(output / STATE_FILE)}"] += 1
+        counts[f"saved state after the kill: {_state_epoch(output / STATE_FILE)} epochs done"] += 1
     final = run_cli(_qat_args(tiny_checkpoint, output, resume=True), cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     assert "Traceback" not in final.stderr

@@ -6,6 +6,10 @@ chunks, fsynced), which a kill can tear:
 
     PYTHONPATH=$PWD/tests/mutants/torn_writes RESNET_DEPLOY_KILLS=12 RESNET_DEPLOY_KILL_SEED=3 \
         pytest tests/test_reliability_faults.py -k kill_9     # expected: FAILED, "... is torn after a kill"
+
+The QAT and export kill loops fail the same way with it:
+
+    PYTHONPATH=$PWD/tests/mutants/torn_writes pytest tests/test_reliability_kill_stages.py -k "qat or export"
 """
 
 import contextlib
