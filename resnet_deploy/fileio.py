@@ -61,12 +61,14 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str]) -> list[Path]:
-    """Delete the temporary files ``atomic_path`` left for ``names`` in ``directory`` when a process
-    was killed mid-write (kill -9, power loss). Call it only while no other process writes there."""
+def remove_stale_temporaries(directory: str | os.PathLike, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporary files ``atomic_path`` left for ``names`` (None: for any file) in
+    ``directory`` when a process was killed mid-write (kill -9, power loss), so repeated kills do not
+    fill the disk. Call it only while no other process writes there."""
     removed = []
-    for name in names:
-        for stale in Path(directory).glob(f".{glob.escape(name)}.*.tmp"):
+    patterns = [".*.tmp"] if names is None else [f".{glob.escape(name)}.*.tmp" for name in names]
+    for pattern in patterns:
+        for stale in Path(directory).glob(pattern):
             with contextlib.suppress(OSError):
                 stale.unlink()
                 removed.append(stale)

@@ -254,6 +254,7 @@ def test_sigterm_and_kill_9_during_qat_never_tear_a_file_and_resume_is_exact(tmp
     final = run_cli(_qat_args(tiny_checkpoint, output, resume=True), cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     assert "Traceback" not in final.stderr
+    assert not list(output.glob(".*.tmp"))  # a new run removes what killed ones left
     _assert_same_qat_weights(output, tiny_checkpoint, qat_reference)
     quantized = load_quantized(output, checkpoint=tiny_checkpoint)
     untimed = lambda history: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in history]  # noqa: E731
@@ -336,6 +337,7 @@ def test_kill_9_during_export_never_tears_a_file(tmp_path, tiny_checkpoint, figu
     final = run_cli(_export_args(tiny_checkpoint, tmp_path / "exports"), cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     _check_export_files(folder, counts)
+    assert not list(folder.glob(".*.tmp"))  # a new run removes what killed ones left
     assert counts["torn files"] == 0
     figures(
         "kill_9_loop_export",

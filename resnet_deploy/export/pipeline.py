@@ -21,7 +21,7 @@ from .. import progress
 from ..checkpoint import check_dataset_matches, load_checkpoint
 from ..data import ImageDataset
 from ..errors import UserError, VerificationError
-from ..fileio import ensure_writable_dir
+from ..fileio import ensure_writable_dir, remove_stale_temporaries
 from . import manifest as manifest_lib
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
 from .parity import FIXED_BATCH_SIZE, ExactQDQReference, ParityInputs, check_parity, describe_failure, fixed_batch
@@ -86,6 +86,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     if not RUN_NAME_PATTERN.match(name):
         raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
     export_dir = ensure_writable_dir(Path(options.output_dir) / name, what="export directory")
+    remove_stale_temporaries(export_dir)  # left by a killed export; the directory is ours alone
     dataset = options.dataset
     if dataset is not None:
         check_dataset_matches(loaded, dataset.classes, dataset.name)

@@ -14,7 +14,7 @@ from .. import progress
 from ..checkpoint import LoadedModel, check_dataset_matches
 from ..data import ImageDataset, Normalization
 from ..evaluation import classification_metrics, predict_logits
-from ..fileio import ensure_writable_dir
+from ..fileio import ensure_writable_dir, remove_stale_temporaries
 from . import calibration
 from .artifact import QuantizedModel, extract_qparams, save_artifact, summarize_qparams
 from .capture import (
@@ -166,6 +166,7 @@ def run_ptq(
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     check_calib_size(calib_size, dataset)
     output_dir = ensure_writable_dir(output_dir, needed_bytes=16 << 20, what="--output")
+    remove_stale_temporaries(output_dir)  # left by a killed run; the artifact is ours alone
     keep = resolve_keep_float(loaded.model, keep_float)
     progress.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
     converted, timings = ptq_convert(

@@ -19,7 +19,6 @@ uninterrupted run.
 from __future__ import annotations
 
 import math
-import signal
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +31,8 @@ from .. import progress
 from ..checkpoint import LoadedModel, check_dataset_matches
 from ..data import ImageDataset, augment, normalize, to_tensor_images
 from ..errors import UserError
-from ..fileio import ensure_writable_dir, torch_load_safe, torch_save_atomic
+from ..fileio import ensure_writable_dir, remove_stale_temporaries, torch_load_safe, torch_save_atomic
+from ..signals import StopRequest
 from ..train import TrainingInterrupted, batch_seed, epoch_permutation
 from . import calibration
 from .bias_correction import snap_biases_to_int32_grid
@@ -113,6 +113,7 @@ def quantize_qat(
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     check_calib_size(calib_size, dataset)
     output_dir = ensure_writable_dir(output_dir, needed_bytes=32 << 20, what="--output")
+    remove_stale_temporaries(output_dir)  # left by a killed run; the artifact is ours alone
     config = QatConfig(
         target=target, method=method, percentile=percentile, calib_size=calib_size,
         keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), epochs=epochs, lr=lr,
@@ -185,7 +186,7 @@ def quantize_qat(
     train_images = to_tensor_images(dataset.train_images)
     train_labels = torch.from_numpy(dataset.train_labels)
     tic_all = time.perf_counter()
-    with _StopOnSignal() as stop:
+    with StopRequest() as stop:
         for epoch in range(start_epoch, config.epochs):
             if epoch >= config.freeze_bn_epoch:
                 move_exported_model_to_eval(prepared)  # BN uses (and keeps) its running statistics
@@ -305,26 +306,3 @@ def _read_state(path: Path, loaded: LoadedModel) -> dict:
     return state
 
 
-class _StopOnSignal:
-    """SIGINT/SIGTERM set a flag; the loop saves at the next batch boundary and stops."""
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopOnSignal":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[signum] = signal.signal(signum, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.signal_number is not None:
-            raise KeyboardInterrupt
-        self.signal_number = signum
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
