@@ -273,7 +273,12 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
                 "method": config.calib_method, "calib_size": config.calib_size,
                 **({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr} if kind == "qat" else {}),
             }
-            _run_stage(state, f"quantize-{kind}-{target}", inputs, lambda k=kind, t=target, d=directory: _quantize(config, loaded, dataset, k, t, d))
+            # as for training: an interrupted QAT with the same settings continues from its saved state
+            resume = kind == "qat" and state.interrupted_with_same_inputs(f"quantize-{kind}-{target}", _hash(inputs)) and not config.force
+            _run_stage(
+                state, f"quantize-{kind}-{target}", inputs,
+                lambda k=kind, t=target, d=directory, r=resume: _quantize(config, loaded, dataset, k, t, d, resume=r),
+            )
             int8_dirs[target] = directory  # QAT (run after PTQ) wins when both ran
             quantized_dirs.append(directory)
 
@@ -381,7 +386,7 @@ def _train(config: PipelineConfig, dataset, resume: bool) -> list[Path]:
     return [config.run_dir / "last.pt"]
 
 
-def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, directory: Path) -> list[Path]:
+def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, directory: Path, resume: bool = False) -> list[Path]:
     from . import quantize
 
     if kind == "ptq":
@@ -389,7 +394,7 @@ def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, d
     else:
         if not hasattr(quantize, "quantize_qat"):
             raise UserError("this resnet-deploy's quantize stage has no quantize_qat; use --quantization ptq")
-        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr)
+        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr, resume=resume)
     return [directory / "manifest.json"]
 
 

@@ -144,3 +144,28 @@ def test_pipeline_int8_path_reaches_the_bench(tmp_path, synthetic_checkpoint):
     u8 = rows["onnxruntime-int8-u8s8"]
     assert u8["status"] == "ok" and u8["settings"]["quantization"]["activations"] == "uint8"
     assert 0 < u8["accuracy"]["count"] == 128 and u8["latency"][0]["status"] == "ok"
+
+
+def test_interrupted_qat_stage_resumes_with_the_same_settings(tmp_path, synthetic_checkpoint, monkeypatch):
+    """A QAT stage stopped by a signal is resumed by the next pipeline run with the same settings
+    (its saved state continues), and started over with --force. Only the stage body is replaced:
+    what is tested is the pipeline's decision."""
+    import resnet_deploy.quantize as quantize_stage
+    from resnet_deploy.errors import UserError
+    from resnet_deploy.signals import Interrupted
+
+    calls = []
+
+    def qat_that_stops(*args, resume=False, **kwargs):
+        calls.append(resume)
+        if len(calls) == 1:
+            raise Interrupted(15, "interrupted by signal 15; progress saved to qat_state.pt")
+        raise UserError("stopped here by the test")
+
+    monkeypatch.setattr(quantize_stage, "quantize_qat", qat_that_stops)
+    args = ["--checkpoint", str(synthetic_checkpoint), "--dataset", "synthetic", "--test-subset", "64", "--quantization", "qat",
+            "--int8-targets", "cpu", "--no-fp16", "--name", "qat", "--backend", "pytorch"]
+    assert run_cli(tmp_path, *args).exit_code == 143
+    assert run_cli(tmp_path, *args).exit_code == 2
+    assert run_cli(tmp_path, *args, "--force").exit_code == 2
+    assert calls == [False, True, False]
