@@ -324,3 +324,23 @@ def test_nan_loss_is_reported_with_stage_and_batch(tmp_path, figures):
     assert "training diverged: loss is" in result.output and "at epoch 1, batch" in result.output
     assert "lower --lr" in result.output
     figures("nan_loss", {"message": result.output.strip().splitlines()[0]})
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_stage_without_its_own_stop_exits_cleanly(tmp_path, synthetic_checkpoint, figures):
+    """PTQ has no graceful stop of its own (calibration takes seconds): SIGTERM still ends it with exit
+    143 and a message, no traceback, and no artifact that claims to be complete."""
+    output = tmp_path / "int8"
+    process = cli_subprocess(
+        ["quantize", str(synthetic_checkpoint), "--dataset", "synthetic", "--target", "cpu", "--calib-size", "512", "-o", str(output)],
+        cwd=tmp_path,
+    )
+    assert _wait_for(output.exists, process), process.communicate()
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr
+    assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
+    assert not (output / "manifest.json").exists()
+    assert not list(output.glob(".*.tmp"))
+    figures("sigterm_during_ptq", {"exit_code": process.returncode})

@@ -7,6 +7,7 @@ nothing a user does should show a traceback.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -15,12 +16,33 @@ from .. import progress
 from ..errors import UserError, VerificationError
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM outside a stage's own graceful-stop block (see ``signals.StopRequest``)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated
+
+
 class ResnetDeployGroup(click.Group):
-    """Turns library errors into clean messages and exit codes."""
+    """Turns library errors into clean messages and exit codes.
+
+    SIGTERM (what kill, Slurm, Kubernetes send) is turned into a clean exit 143 wherever a stage has no
+    graceful stop of its own (calibration, export, evaluation): every file is written atomically, so
+    what is on disk is the previous version or the new one, and a rerun redoes the step.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        except ValueError:  # not the main thread (an embedding application): leave signals alone
+            previous = None
+        try:
             return super().invoke(ctx)
+        except _Terminated:
+            click.echo("error: interrupted by SIGTERM; files already written are complete (atomic writes), "
+                       "the step in progress was not saved: run the command again", err=True)
+            sys.exit(128 + signal.SIGTERM)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -30,6 +52,9 @@ class ResnetDeployGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=ResnetDeployGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
