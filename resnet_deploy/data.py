@@ -556,7 +556,7 @@ def _decode_all(items: list[tuple[str, str, bytes]], index: dict[str, int]) -> t
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """Decode one image to uint8 (32, 32, 3); grey, palette and alpha images are converted to RGB."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(io.BytesIO(data)) as image:

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import subprocess
+import time
 import sys
 import tarfile
 import zipfile
@@ -169,3 +170,28 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None, timeout: float 
 
 def pickle_bytes(obj, protocol: int) -> bytes:
     return pickle.dumps(obj, protocol=protocol)
+
+
+def wait_for(predicate, process: subprocess.Popen, timeout: float = 240.0, poll: float = 0.01) -> bool:
+    """True once ``predicate()`` holds; False if the process ended first; kills it and fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(poll)
+    process.kill()
+    raise AssertionError("timed out waiting for the process")
+
+
+def kill_or_collect(process: subprocess.Popen, counts, moment: str) -> None:
+    """SIGKILL ``process`` if it still runs (counted under ``moment``); else require that it succeeded."""
+    if process.poll() is None:
+        process.kill()
+        counts[f"kills: {moment}"] += 1
+        process.communicate()
+    else:
+        _, stderr = process.communicate()
+        assert process.returncode == 0, stderr
+        counts["runs that finished before the kill"] += 1

@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reliability_support import cli_subprocess, figures, run_cli  # noqa: F401 - figures is a fixture
+from reliability_support import cli_subprocess, figures, run_cli, wait_for  # noqa: F401 - figures is a fixture
 from resnet_deploy import data as data_module
 from resnet_deploy import fileio
 from resnet_deploy.checkpoint import load_checkpoint, read_checkpoint
@@ -93,17 +93,6 @@ def _identities(run: Path) -> dict:
     return identities
 
 
-def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0, poll: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(poll)
-    raise AssertionError("timed out waiting for the training process")
-
-
 @pytest.mark.slow
 def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_path, reference_run, figures):
     """A loop of runs on one output folder, each killed with SIGKILL at a random moment: during start-up,
@@ -126,17 +115,17 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
             time.sleep(rng.uniform(0, 2.5))  # importing torch, building the dataset and the model
         else:
             config_json = run / "config.json"  # rewritten by every run once training is about to start
-            started = _wait_for(lambda: config_json.exists() and config_json.stat().st_mtime > launched, process)
+            started = wait_for(lambda: config_json.exists() and config_json.stat().st_mtime > launched, process)
             if moment == "training" and started:
                 time.sleep(rng.uniform(0, 3.0))
             elif moment == "mid-write" and started:
-                _wait_for(lambda: any(run.glob(".*.tmp")), process, poll=0.0005)
+                wait_for(lambda: any(run.glob(".*.tmp")), process, poll=0.0005)
                 time.sleep(rng.choice([0, 0.0005, 0.001, 0.002, 0.005, 0.01]))
             elif moment == "file-changing" and started:
                 # The instant a checkpoint differs from what it was: an in-place writer is caught
                 # mid-file here; an atomic one has just renamed a complete file into place.
                 before = _identities(run)
-                _wait_for(lambda: _identities(run) != before, process, poll=0.0005)
+                wait_for(lambda: _identities(run) != before, process, poll=0.0005)
         if process.poll() is None:
             process.kill()
             counts[f"kills: {moment}"] += 1
@@ -182,7 +171,7 @@ def test_signal_mid_epoch_saves_progress_and_resume_is_exact(tmp_path, reference
     rng = random.Random(signum)
     run = tmp_path / "run"
     process = cli_subprocess([*TRAIN_ARGS, "-o", str(run)], cwd=tmp_path)
-    assert _wait_for(lambda: (run / "last.pt").exists(), process), process.communicate()
+    assert wait_for(lambda: (run / "last.pt").exists(), process), process.communicate()
     time.sleep(rng.uniform(0.05, 0.6))
     process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
@@ -335,7 +324,7 @@ def test_sigterm_in_a_stage_without_its_own_stop_exits_cleanly(tmp_path, synthet
         ["quantize", str(synthetic_checkpoint), "--dataset", "synthetic", "--target", "cpu", "--calib-size", "512", "-o", str(output)],
         cwd=tmp_path,
     )
-    assert _wait_for(output.exists, process), process.communicate()
+    assert wait_for(output.exists, process), process.communicate()
     time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)

@@ -39,7 +39,7 @@ from reliability_support import (
     write_zip,
 )
 from resnet_deploy import data as data_module
-from resnet_deploy.checkpoint import DIGEST_KEY, content_digest, load_checkpoint, read_checkpoint
+from resnet_deploy.checkpoint import DIGEST_KEY, content_digest, load_checkpoint
 from resnet_deploy.cli import main
 from resnet_deploy.errors import UserError
 

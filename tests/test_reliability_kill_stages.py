@@ -28,7 +28,7 @@ import onnx
 import pytest
 import torch
 
-from reliability_support import cli_subprocess, figures, run_cli  # noqa: F401 - figures is a fixture
+from reliability_support import cli_subprocess, figures, kill_or_collect, run_cli, wait_for  # noqa: F401 - figures is a fixture
 from resnet_deploy.checkpoint import load_checkpoint
 from resnet_deploy.errors import UserError
 from resnet_deploy.export import load_manifest
@@ -63,19 +63,6 @@ def _qat_args(checkpoint: Path, output: Path, resume: bool = False) -> list[str]
             "--batch-size", "16", "-o", str(output), *(["--resume"] if resume else [])]  # fmt: skip
 
 
-def _wait_for(predicate, process: subprocess.Popen, timeout: float = 240.0, poll: float = 0.01) -> bool:
-    """True once ``predicate()`` holds; False if the process ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        if process.poll() is not None:
-            return False
-        time.sleep(poll)
-    process.kill()
-    raise AssertionError("timed out waiting for the process")
-
-
 def _identities(folder: Path, names) -> dict:
     identities = {}
     for name in names:
@@ -106,7 +93,7 @@ def _wait_for_state_epoch(path: Path, epoch: int, process: subprocess.Popen) -> 
         seen[0] = identity
         return _state_epoch(path) == epoch
 
-    return _wait_for(reached, process)
+    return wait_for(reached, process)
 
 
 def _new_temporaries(folder: Path, seen: set[str]) -> set[str]:
@@ -135,7 +122,7 @@ def qat_reference(tiny_checkpoint, tmp_path_factory) -> dict:
     launched = time.monotonic()
     process = cli_subprocess(_qat_args(tiny_checkpoint, output), cwd=work)
     state = output / STATE_FILE
-    assert _wait_for(state.exists, process), process.communicate()
+    assert wait_for(state.exists, process), process.communicate()
     first_state_s = time.monotonic() - launched
     assert _wait_for_state_epoch(state, QAT_EPOCHS, process), process.communicate()
     final_state_s = time.monotonic() - launched
@@ -189,7 +176,7 @@ def _sigterm_mid_epoch(checkpoint: Path, output: Path, cwd: Path, delay_s: float
     143 naming the saved state and --resume, having saved the batch it reached (not only the last
     finished epoch)."""
     process = cli_subprocess(_qat_args(checkpoint, output), cwd=cwd)
-    assert _wait_for((output / STATE_FILE).exists, process), process.communicate()  # epoch 1 saved
+    assert wait_for((output / STATE_FILE).exists, process), process.communicate()  # epoch 1 saved
     time.sleep(delay_s)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
@@ -225,26 +212,19 @@ def test_sigterm_and_kill_9_during_qat_never_tear_a_file_and_resume_is_exact(tmp
         if moment == "random":  # anywhere from start-up to the last epoch
             time.sleep(rng.uniform(0, qat_reference["final_state_s"]))
         elif moment == "mid-write":
-            _wait_for(lambda: _new_temporaries(output, seen_temporaries), process, poll=0.0005)
+            wait_for(lambda: _new_temporaries(output, seen_temporaries), process, poll=0.0005)
             time.sleep(rng.choice([0, 0.0005, 0.001, 0.002, 0.005]))
         elif moment == "file-changing":
             before = _identities(output, QAT_FILES)
-            _wait_for(lambda: _identities(output, QAT_FILES) != before, process, poll=0.0005)
+            wait_for(lambda: _identities(output, QAT_FILES) != before, process, poll=0.0005)
         else:  # artifact-write: the first change of program.pt2 / qparams.json / manifest.json, or its temporary
             before = _identities(output, ARTIFACT_FILES)
-            _wait_for(
+            wait_for(
                 lambda: _identities(output, ARTIFACT_FILES) != before
                 or any(name.startswith((".program.pt2.", ".qparams.json.", ".manifest.json.")) for name in _new_temporaries(output, seen_temporaries)),
                 process, poll=0.0005,
             )  # fmt: skip
-        if process.poll() is None:
-            process.kill()
-            counts[f"kills: {moment}"] += 1
-            process.communicate()
-        else:
-            _, stderr = process.communicate()
-            assert process.returncode == 0, stderr
-            counts["runs that finished before the kill"] += 1
+        kill_or_collect(process, counts, moment)
         _check_qat_files(output, tiny_checkpoint, counts)
         temporaries = {p.name for p in output.glob(".*.tmp")}
         if temporaries - seen_temporaries:
@@ -317,19 +297,12 @@ def test_kill_9_during_export_never_tears_a_file(tmp_path, tiny_checkpoint, figu
         if moment == "random":  # an export of this model takes ~6 s here: start-up, tracing, checks, writes
             time.sleep(rng.uniform(0, 6.0))
         elif moment == "mid-write":
-            _wait_for(lambda: _new_temporaries(folder, seen_temporaries), process, poll=0.0005)
+            wait_for(lambda: _new_temporaries(folder, seen_temporaries), process, poll=0.0005)
             time.sleep(rng.choice([0, 0.0005, 0.001, 0.002]))
         else:
             before = _identities(folder, watched)
-            _wait_for(lambda: _identities(folder, watched) != before, process, poll=0.0005)
-        if process.poll() is None:
-            process.kill()
-            counts[f"kills: {moment}"] += 1
-            process.communicate()
-        else:
-            _, stderr = process.communicate()
-            assert process.returncode == 0, stderr
-            counts["runs that finished before the kill"] += 1
+            wait_for(lambda: _identities(folder, watched) != before, process, poll=0.0005)
+        kill_or_collect(process, counts, moment)
         _check_export_files(folder, counts)
         if _new_temporaries(folder, seen_temporaries):
             counts["kills that left a temporary file (mid-write)"] += 1

@@ -7,6 +7,7 @@ nothing a user does should show a traceback.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
@@ -74,6 +75,11 @@ def main(quiet: bool) -> None:
     """
     if quiet:
         progress.set_enabled(False)
+
+
+# torchao 0.18 registers an Enum with torch's pytree at import, and torch >= 2.12 logs a deprecation
+# warning about it on every command that quantizes; it is torchao's to fix, and says nothing to a user.
+logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def _register() -> None:

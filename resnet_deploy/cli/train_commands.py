@@ -5,7 +5,6 @@ from __future__ import annotations
 import click
 
 from .. import progress
-from ..errors import UserError
 from ..fileio import ensure_writable_dir
 from .options import dataset_options, echo_json
 
