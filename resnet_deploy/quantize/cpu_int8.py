@@ -16,6 +16,7 @@ a benchmark is slow and is the warm-up.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -32,7 +33,10 @@ def lower_for_cpu(module: torch.nn.Module, target: str = "cpu") -> Callable[[tor
     def run(x: torch.Tensor) -> torch.Tensor:
         # Freezing must be on while Dynamo traces (a first call, or a new shape), not only in
         # Inductor's options: otherwise weights stay graph inputs and oneDNN's prepack cannot fold.
-        with torch.no_grad(), inductor_config.patch(freezing=True):
+        with torch.no_grad(), inductor_config.patch(freezing=True), warnings.catch_warnings():
+            # Inductor's own oneDNN lowering copies a tensor with torch.tensor(tensor) and warns
+            # about it at every compilation (one per batch size): torch's to fix, noise to a user.
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
             return compiled(x)
 
     run.module = module  # type: ignore[attr-defined]
