@@ -55,7 +55,7 @@ class PipelineConfig:
     # quantize
     quantization: str = "ptq"
     int8_targets: tuple[str, ...] = INT8_TARGETS
-    calib_method: str = "mse"
+    calib_method: str | None = None  # None: the quantize stage's default
     calib_size: int = 1000
     qat_epochs: int = 2
     qat_lr: float = 1e-3
@@ -390,7 +390,8 @@ def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, d
     from . import quantize
 
     if kind == "ptq":
-        quantize.quantize_ptq(loaded, dataset, directory, target=target, method=config.calib_method, calib_size=config.calib_size)
+        method = {"method": config.calib_method} if config.calib_method else {}
+        quantize.quantize_ptq(loaded, dataset, directory, target=target, calib_size=config.calib_size, **method)
     else:
         if not hasattr(quantize, "quantize_qat"):
             raise UserError("this resnet-deploy's quantize stage has no quantize_qat; use --quantization ptq")

@@ -197,7 +197,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
 @click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
-@click.option("--calib-method", default="mse", show_default=True, help="PTQ calibration method (see resnet-deploy quantize --help).")
+@click.option("--calib-method", default=None, help="PTQ calibration method [quantize's default: entropy] (see resnet-deploy quantize --help).")
 @click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="PTQ calibration images (from the training split).")
 @click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1))
 @click.option("--qat-lr", default=1e-3, show_default=True, type=float)
