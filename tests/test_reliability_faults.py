@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reliability_support import cli_subprocess, figures, run_cli, wait_for  # noqa: F401 - figures is a fixture
+from reliability_support import cli_subprocess, figures, kill_or_collect, run_cli, wait_for  # noqa: F401 - figures is a fixture
 from resnet_deploy import data as data_module
 from resnet_deploy import fileio
 from resnet_deploy.checkpoint import load_checkpoint, read_checkpoint
@@ -126,14 +126,7 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
                 # mid-file here; an atomic one has just renamed a complete file into place.
                 before = _identities(run)
                 wait_for(lambda: _identities(run) != before, process, poll=0.0005)
-        if process.poll() is None:
-            process.kill()
-            counts[f"kills: {moment}"] += 1
-            process.communicate()
-        else:
-            _, stderr = process.communicate()
-            assert process.returncode == 0, stderr
-            counts["runs that finished before the kill"] += 1
+        kill_or_collect(process, counts, moment)
         _check_everything_left_behind(run, counts)
         temporaries = {p.name for p in run.glob(".*.tmp")}
         if temporaries - seen_temporaries:
