@@ -538,17 +538,24 @@ def plot_accuracy_vs_throughput(results: dict, path: str | os.PathLike) -> None:
     baseline = next((r for r in results["rows"] if r["name"] == results["baseline"]), None)
     reference = max(_ok_entries(baseline)) if baseline and _ok_entries(baseline) else None
     fig, ax = plt.subplots(figsize=(7.5, 5))
+    points = []
     for row in results["rows"]:
         entries = _ok_entries(row)
         if not row.get("accuracy") or not entries:
             continue
         candidates = [b for b in entries if reference is None or b <= reference] or list(entries)
         size = max(candidates)
-        x, y = entries[size]["images_per_sec"], row["accuracy"]["top1"]
-        marker = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}.get(row["precision"], "o")
-        ax.scatter([x], [y], marker=marker, s=60)
         label = row["name"] + ("" if size == reference else f" (bs {size})")
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        points.append((entries[size]["images_per_sec"], row["accuracy"]["top1"], row["precision"], label))
+    points.sort()
+    for index, (x, y, precision, label) in enumerate(points):
+        marker = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}.get(precision, "o")
+        ax.scatter([x], [y], marker=marker, s=60)
+        # Rows often sit at the same accuracy: labels cycle through three heights, and those in the
+        # right half are written leftwards, so that neighbours do not print over each other or the frame.
+        right_half = index >= len(points) / 2
+        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, (7, -12, 20)[index % 3]),
+                    ha="right" if right_half else "left", fontsize=8)
     if baseline and baseline.get("accuracy"):
         top1 = baseline["accuracy"]["top1"]
         drop = (results.get("verification") or {}).get("thresholds", {}).get("int8_max_top1_drop", 0.5)
