@@ -502,6 +502,7 @@ def plot_latency(results: dict, path: str | os.PathLike) -> None:
 
     sizes = _batch_sizes(results)
     plain = FuncFormatter(lambda value, _pos: f"{value:g}")
+    sparse = FuncFormatter(lambda value, _pos: f"{value:g}" if value > 0 and f"{value:e}"[0] in "25" else "")
     for axis, label in ((ax_latency, "latency per batch, ms (p50; whiskers min..p90)"), (ax_throughput, "throughput, images/s")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
@@ -510,7 +511,10 @@ def plot_latency(results: dict, path: str | os.PathLike) -> None:
         axis.xaxis.set_major_formatter(plain)
         axis.xaxis.set_minor_formatter(NullFormatter())
         axis.yaxis.set_major_formatter(plain)
-        axis.yaxis.set_minor_formatter(plain)
+        low, high = axis.get_ylim()
+        # Over a decade or more, labelling every minor tick prints 6 7 8 9 over each other; within one
+        # decade the minor ticks may be the only ones, so they all keep their labels.
+        axis.yaxis.set_minor_formatter(sparse if low > 0 and high / low >= 10 else plain)
         axis.set_xlabel("batch size")
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
@@ -520,8 +524,9 @@ def plot_latency(results: dict, path: str | os.PathLike) -> None:
         ax_latency.text(0.5, 0.5, "no latency measured", ha="center", transform=ax_latency.transAxes)
     hw = results["hardware"]
     device = ", ".join(g["name"] for g in hw.get("gpus", [])) or f"{hw['cpu_model']} ({hw['physical_cores']} cores)"
-    copies = "copies included" if results["settings"].get("include_copies", True) else "copies excluded"
-    fig.suptitle(f"{results['run_name']}: {results['model']['spec'].get('name')} on {device}; {copies}", fontsize=10)
+    on_gpu = any(row.get("device", "cpu") != "cpu" for row in results["rows"])
+    copies = ("; host-device copies " + ("included" if results["settings"].get("include_copies", True) else "excluded")) if on_gpu else ""
+    fig.suptitle(f"{results['run_name']}: {results['model']['spec'].get('name')} on {device}{copies}", fontsize=10)
     fig.tight_layout()
     _save_figure(fig, path)
     plt.close(fig)
