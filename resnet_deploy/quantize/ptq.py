@@ -145,6 +145,28 @@ def quantize_ptq(
     return result.metrics
 
 
+def check_run(
+    loaded: LoadedModel,
+    dataset: ImageDataset,
+    output_dir: str | Path,
+    target: str,
+    method: str,
+    percentile: float,
+    calib_size: int,
+    needed_bytes: int,
+) -> tuple:
+    """The checks PTQ and QAT make before any work (target, method, dataset, calibration size, a
+    writable output folder with room); clears the temporaries a killed run left there, since the
+    artifact folder is ours alone. Returns the int8 scheme and the output folder."""
+    scheme = scheme_for(target)
+    calibration.check_method(method, percentile)
+    check_dataset_matches(loaded, dataset.classes, dataset.name)
+    check_calib_size(calib_size, dataset)
+    output_dir = ensure_writable_dir(output_dir, needed_bytes=needed_bytes, what="--output")
+    remove_stale_temporaries(output_dir)
+    return scheme, output_dir
+
+
 def run_ptq(
     loaded: LoadedModel,
     dataset: ImageDataset,
@@ -161,12 +183,7 @@ def run_ptq(
     command: str | None = None,
 ) -> QuantizedModel:
     """:func:`quantize_ptq`, returning the in-memory :class:`QuantizedModel` as well."""
-    scheme = scheme_for(target)
-    calibration.check_method(method, percentile)
-    check_dataset_matches(loaded, dataset.classes, dataset.name)
-    check_calib_size(calib_size, dataset)
-    output_dir = ensure_writable_dir(output_dir, needed_bytes=16 << 20, what="--output")
-    remove_stale_temporaries(output_dir)  # left by a killed run; the artifact is ours alone
+    scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=16 << 20)
     keep = resolve_keep_float(loaded.model, keep_float)
     progress.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
     converted, timings = ptq_convert(

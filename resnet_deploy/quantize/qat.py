@@ -28,17 +28,16 @@ import torch
 import torch.nn.functional as F
 
 from .. import progress
-from ..checkpoint import LoadedModel, check_dataset_matches
+from ..checkpoint import LoadedModel
 from ..data import ImageDataset, augment, normalize, to_tensor_images
 from ..errors import UserError
-from ..fileio import ensure_writable_dir, remove_stale_temporaries, torch_load_safe, torch_save_atomic
+from ..fileio import torch_load_safe, torch_save_atomic
 from ..signals import StopRequest
 from ..train import TrainingInterrupted, batch_seed, epoch_permutation
 from . import calibration
 from .bias_correction import snap_biases_to_int32_grid
-from .capture import build_quantizer, calibration_batches, capture_for_training, check_calib_size, require_torchao, resolve_keep_float
-from .ptq import DEFAULT_CALIB_SIZE, finish
-from .quantizer import scheme_for
+from .capture import build_quantizer, calibration_batches, capture_for_training, require_torchao, resolve_keep_float
+from .ptq import DEFAULT_CALIB_SIZE, check_run, finish
 
 STATE_FILE = "qat_state.pt"
 STATE_FORMAT = "resnet-deploy/qat-state"
@@ -108,12 +107,7 @@ def quantize_qat(
     from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    scheme = scheme_for(target)
-    calibration.check_method(method, percentile)
-    check_dataset_matches(loaded, dataset.classes, dataset.name)
-    check_calib_size(calib_size, dataset)
-    output_dir = ensure_writable_dir(output_dir, needed_bytes=32 << 20, what="--output")
-    remove_stale_temporaries(output_dir)  # left by a killed run; the artifact is ours alone
+    scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=32 << 20)
     config = QatConfig(
         target=target, method=method, percentile=percentile, calib_size=calib_size,
         keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), epochs=epochs, lr=lr,
