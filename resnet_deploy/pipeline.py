@@ -177,7 +177,8 @@ class _State:
         return record
 
     def interrupted_with_same_inputs(self, name: str, inputs_hash: str) -> bool:
-        """The last run of ``name`` had these inputs and did not finish (failed or killed)."""
+        """The last run of ``name`` had these inputs and did not finish (failed or killed). Never with
+        --force, which starts from no previous records: every stage starts over."""
         old = self.previous.get(name) or {}
         return old.get("inputs_hash") == inputs_hash and old.get("status") in ("running", "failed")
 
@@ -252,7 +253,7 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
         }
         # An interrupted run with the same settings continues from its last checkpoint; other settings
         # start over (resuming would silently keep the old run's configuration).
-        resume = state.interrupted_with_same_inputs("train", _hash(train_inputs)) and not config.force
+        resume = state.interrupted_with_same_inputs("train", _hash(train_inputs))
         _run_stage(state, "train", train_inputs, lambda: _train(config, dataset, resume))
     checkpoint_sha = sha256_file(checkpoint)
 
@@ -274,7 +275,7 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
                 **({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr} if kind == "qat" else {}),
             }
             # as for training: an interrupted QAT with the same settings continues from its saved state
-            resume = kind == "qat" and state.interrupted_with_same_inputs(f"quantize-{kind}-{target}", _hash(inputs)) and not config.force
+            resume = kind == "qat" and state.interrupted_with_same_inputs(f"quantize-{kind}-{target}", _hash(inputs))
             _run_stage(
                 state, f"quantize-{kind}-{target}", inputs,
                 lambda k=kind, t=target, d=directory, r=resume: _quantize(config, loaded, dataset, k, t, d, resume=r),
