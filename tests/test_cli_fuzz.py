@@ -273,13 +273,19 @@ models_args = command_line(["models"], [("--num-classes", ints(2, 10_000), st.sa
     ],
 )
 def test_core_commands_never_crash_or_write_outside(in_sandbox, figures, command, strategy, examples):
+    fuzz_command(in_sandbox, figures, command, strategy, examples)
+
+
+def fuzz_command(sandbox, figures, command: str, strategy, examples: int) -> None:
+    """Draw ``examples`` command lines from ``strategy``, check each with :func:`run_and_check`,
+    and record the outcome counts and the distinct error messages as figures."""
     outcomes: Counter = Counter()
     MESSAGES[command] = set()
 
     @fuzz_settings(examples)
     @given(strategy)
     def check(args):
-        run_and_check(in_sandbox, args, outcomes, command)
+        run_and_check(sandbox, args, outcomes, command)
 
     check()
     figures(f"cli_fuzz_{command}", {"invocations": sum(outcomes.values()), **outcomes, "distinct error messages": len(MESSAGES[command]), "slowest run s": SLOWEST.get(command, (0, ""))[0], "tracebacks": 0, "files written outside": 0})
@@ -405,18 +411,7 @@ STAGE_EXAMPLES = int(os.environ.get("RESNET_DEPLOY_FUZZ_STAGE_EXAMPLES", "10"))
 def test_stage_commands_never_crash_or_write_outside(in_sandbox, figures, command):
     if not _registered(command):
         pytest.skip(f"{command} is not a registered command")
-    outcomes: Counter = Counter()
-    MESSAGES[command] = set()
-
-    @fuzz_settings(STAGE_EXAMPLES)
-    @given(stage_strategies[command])
-    def check(args):
-        run_and_check(in_sandbox, args, outcomes, command)
-
-    check()
-    figures(f"cli_fuzz_{command}", {"invocations": sum(outcomes.values()), **outcomes, "distinct error messages": len(MESSAGES[command]), "slowest run s": SLOWEST.get(command, (0, ""))[0], "tracebacks": 0, "files written outside": 0})
-    print("slowest:", SLOWEST.get(command))
-    print("\n".join(sorted(MESSAGES[command])))
+    fuzz_command(in_sandbox, figures, command, stage_strategies[command], STAGE_EXAMPLES)
 
 
 def test_verify_thresholds_refuse_nan(in_sandbox):

@@ -22,7 +22,7 @@ from resnet_deploy.errors import UserError
 from resnet_deploy.export import ExportOptions, check_parity, export_checkpoint
 from resnet_deploy.export import tensorrt as trt_lib
 from resnet_deploy.export.parity import ParityInputs
-from resnet_deploy.export.qdq import analyse_qdq, ort_int8_kernels, qdq_problems_of
+from resnet_deploy.export.qdq import _constants, analyse_qdq, ort_int8_kernels, qdq_problems_of
 
 pytestmark = pytest.mark.slow
 
@@ -137,17 +137,16 @@ def test_bias_grid_diagnostic(int8_exports, tmp_path):
     path = int8_exports["tensorrt"].export_dir / _int8(int8_exports["tensorrt"])["path"]
     model = onnx.load(str(path))
     assert analyse_qdq(model)["conv_bias_off_int32_grid"] == 0
-    values = {i.name: i for i in model.graph.initializer}
-    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.op_type == "Constant"}
+    initializers = {i.name: i for i in model.graph.initializer}
+    constants = _constants(model)  # initializers and Constant nodes as arrays (the scales)
     producers = {o: n for n in model.graph.node for o in n.output}
     moved = 0
     for node in model.graph.node:
-        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
+        if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in initializers:
             x_dq, w_dq = producers[node.input[0]], producers[node.input[1]]
-            scale = lambda name: numpy_helper.to_array(values[name]) if name in values else consts[name]  # noqa: E731
-            step = np.float64(scale(x_dq.input[1])) * scale(w_dq.input[1]).astype(np.float64)
-            bias = numpy_helper.to_array(values[node.input[2]]).astype(np.float64)
-            values[node.input[2]].CopyFrom(numpy_helper.from_array((bias + 0.3 * step).astype(np.float32), node.input[2]))
+            step = np.float64(constants[x_dq.input[1]]) * constants[w_dq.input[1]].astype(np.float64)
+            bias = constants[node.input[2]].astype(np.float64)
+            initializers[node.input[2]].CopyFrom(numpy_helper.from_array((bias + 0.3 * step).astype(np.float32), node.input[2]))
             moved += 1
     assert moved > 0 and analyse_qdq(model)["conv_bias_off_int32_grid"] == moved
 
