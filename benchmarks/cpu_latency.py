@@ -35,9 +35,10 @@ from resnet_deploy.backends import RunnerOptions  # noqa: E402
 from resnet_deploy.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
 from resnet_deploy.bench import BenchSettings, Thresholds, benchmark_artifacts, latency_input, measure_latency  # noqa: E402
-from resnet_deploy.data import load_dataset, normalize, to_tensor_images  # noqa: E402
+from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import write_json  # noqa: E402
 from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
+from stock_flows import onnxruntime_quantize_static  # noqa: E402
 
 INT8_GOAL_IMAGES_PER_SEC = 7000.0
 INT8_GOAL_SPEEDUP = 5.0
@@ -60,30 +61,13 @@ def stock_int8_onnx(fp32_onnx: Path, dataset, normalization, calib_size: int, wo
     """ONNX Runtime's own int8 flow on the same FP32 ONNX, as its documentation runs it for x86:
     quant_pre_process, then quantize_static (QDQ, uint8 activations, int8 per-channel weights, MinMax)
     on the same calibration images resnet-deploy uses."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     pre = workdir / "stock-pre.onnx"
-    out = workdir / "stock-int8-u8s8.onnx"
     quant_pre_process(str(fp32_onnx), str(pre))
-    images = calibration_batches(dataset, calib_size)
-    import onnx
-
-    input_name = onnx.load(str(pre)).graph.input[0].name
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(
-                normalize(to_tensor_images(images[i : i + 100]), normalization).numpy() for i in range(0, len(images), 100)
-            )
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
-    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
+    return onnxruntime_quantize_static(
+        pre, workdir / "stock-int8-u8s8.onnx", calibration_batches(dataset, calib_size), normalization, per_channel=True
+    )
 
 
 def interleaved_speed(paths: dict[str, Path], batch: np.ndarray, threads: int, rounds: int, settings: BenchSettings) -> dict:

@@ -45,6 +45,7 @@ from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
 from resnet_deploy.quantize import METHODS, load_quantized, quantize_qat, sensitivity_analysis  # noqa: E402
 from resnet_deploy.quantize.capture import calibration_batches, example_input  # noqa: E402
 from resnet_deploy.quantize.ptq import ptq_convert  # noqa: E402
+from stock_flows import onnxruntime_quantize_static  # noqa: E402
 
 PTQ_GOAL_RESNET20 = 0.3  # points of top-1 lost at most (the issue's target for ResNet20/56)
 PTQ_GOAL = {"resnet20": 0.3, "resnet56": 0.3, "resnet50": 0.2}
@@ -118,7 +119,6 @@ def onnxruntime_stock(model, calibration, normalization, test_images, workdir: P
     with ``symmetric`` QInt8 symmetric activations: the scheme TensorRT's explicit quantization needs
     (what a user preparing a TensorRT model with ONNX Runtime's tool would ask for)."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     fp32_path = workdir / "fp32.onnx"
@@ -131,24 +131,9 @@ def onnxruntime_stock(model, calibration, normalization, test_images, workdir: P
     session = ort.InferenceSession(str(fp32_path), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.batches = iter(
-                normalize(to_tensor_images(calibration[start : start + 100]), normalization).numpy()
-                for start in range(0, len(calibration), 100)
-            )
-
-        def get_next(self):
-            batch = next(self.batches, None)
-            return None if batch is None else {input_name: batch}
-
     int8_path = workdir / f"int8-{'per-channel' if per_channel else 'per-tensor'}{'-s8s8' if symmetric else ''}.onnx"
     tic = time.perf_counter()
-    quantize_static(
-        str(workdir / "fp32-pre.onnx"), str(int8_path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
-        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
-    )
+    onnxruntime_quantize_static(workdir / "fp32-pre.onnx", int8_path, calibration, normalization, per_channel=per_channel, symmetric=symmetric)
     seconds = time.perf_counter() - tic
     options = ort.SessionOptions()
     int8 = ort.InferenceSession(str(int8_path), options, providers=["CPUExecutionProvider"])
