@@ -14,7 +14,7 @@ import io
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -30,87 +30,10 @@ from .evaluation import evaluate
 from .fileio import ensure_writable_dir, remove_stale_temporaries, write_json
 from .models import build_model, normalize_spec
 from .signals import Interrupted, StopRequest
+from .train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, PRECISIONS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported: callers import them from here)
 
-OPTIMIZERS = ("sgd", "adamw")
 _OUTPUT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
 _RESUME_KEYS = ("train_config", "optimizer", "scheduler", "epoch", "dataset")
-SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``resnet-deploy train``; saved in each checkpoint."""
-
-    model: str = "resnet20"
-    shortcut: str | None = None
-    plain: bool = False
-    dataset: str = "cifar10"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "onecycle"
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # fractions of the run (paper: 32k/48k of 64k its)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    seed: int = 0
-    precision: str = "fp32"
-    channels_last: bool = False
-    compile: bool = False
-    device: str = "auto"
-    eval_batch_size: int = 1000
-    train_subset: int | None = None
-    test_subset: int | None = None
-    lr_scale: bool = False  # multiply lr by world size (linear scaling rule) under DDP
-    sync_bn: bool = False
-
-    def validate(self) -> None:
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
-        for name, value in positive.items():
-            if value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        # Each float option is checked for NaN/inf too: click accepts "nan" and "inf" as floats, and
-        # either would only surface later as a diverged run or a crash inside the optimizer.
-        for name, value, low, high, accepted in (
-            ("weight-decay", self.weight_decay, 0.0, math.inf, ">= 0"),
-            ("momentum", self.momentum, 0.0, 1.0, "in [0, 1)"),
-            ("warmup-epochs", self.warmup_epochs, 0.0, math.inf, ">= 0"),
-            ("gamma", self.gamma, 0.0, 1.0, "in (0, 1]"),
-            ("label-smoothing", self.label_smoothing, 0.0, 1.0, "in [0, 1)"),
-        ):
-            in_range = math.isfinite(value) and low <= value and (value <= high if name == "gamma" else value < high)
-            if not in_range or (name == "gamma" and value == 0):
-                raise UserError(f"--{name} must be a finite number {accepted}, got {value}")
-        if self.nesterov and self.optimizer == "sgd" and self.momentum == 0:
-            raise UserError("--nesterov needs --momentum > 0")
-        if not 0 <= self.seed < 2**32:
-            raise UserError(f"--seed must be in 0..{2**32 - 1}, got {self.seed}")
-        if self.warmup_epochs >= self.epochs:
-            raise UserError(f"--warmup-epochs ({self.warmup_epochs}) must be less than --epochs ({self.epochs})")
-        for name, value, choices in (
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("schedule", self.schedule, SCHEDULES),
-            ("precision", self.precision, PRECISIONS),
-        ):
-            if value not in choices:
-                raise UserError(f"--{name} must be one of {', '.join(choices)}, got {value!r}")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise UserError(f"--milestones are fractions of the run in (0, 1), got {self.milestones}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,6 +50,152 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0.. only")
     return device
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """The precision, memory format and compilation a run uses, each with why it was chosen."""
+
+    precision: str
+    channels_last: bool
+    compile: bool
+    reasons: dict[str, str]
+
+    def apply(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with these decided values, as checkpoints and config.json record them."""
+        return replace(config, precision=self.precision, channels_last=self.channels_last, compile=self.compile)
+
+    def describe(self) -> str:
+        onoff = {True: "on", False: "off"}
+        return (
+            f"speed settings: precision {self.precision} ({self.reasons['precision']}), "
+            f"channels_last {onoff[self.channels_last]} ({self.reasons['channels_last']}), "
+            f"compile {onoff[self.compile]} ({self.reasons['compile']})"
+        )
+
+
+def resolve_speed_settings(config: TrainConfig, device: torch.device, total_steps: int) -> SpeedSettings:
+    """Decide every "auto" speed option of ``config`` for ``device`` and a run of ``total_steps``.
+
+    The one place these defaults are decided; explicit values are kept (a resumed run's config holds
+    the values its first launch decided, so it continues with exactly those).
+    """
+    given = "as configured"
+    if config.precision != "auto":
+        precision, precision_reason = config.precision, given
+    else:
+        precision, precision_reason = _auto_precision(device)
+    if config.channels_last is not AUTO:
+        channels_last, layout_reason = config.channels_last, given
+    else:
+        channels_last, layout_reason = _auto_channels_last(device)
+    if config.compile is True and (unavailable := compile_unavailable_reason(device)):
+        raise UserError(f"--compile cannot work here: {unavailable}", hint="train with --no-compile")
+    if config.compile is not AUTO:
+        compile_, compile_reason = config.compile, given
+    else:
+        compile_, compile_reason = _auto_compile(device, total_steps)
+    reasons = {"precision": precision_reason, "channels_last": layout_reason, "compile": compile_reason}
+    return SpeedSettings(precision, channels_last, compile_, reasons)
+
+
+def _auto_precision(device: torch.device) -> tuple[str, str]:
+    # bf16 needs no loss scaling and converges like fp32; it is only faster where the hardware computes
+    # in it natively (elsewhere it is emulated, slower than fp32). fp16 is never chosen for the user.
+    if device.type == "cuda":
+        if _cuda_has_native_bf16(device):
+            return "bf16", "auto: this GPU computes bf16 natively"
+        return "fp32", "auto: this GPU has no native bf16"
+    if cpu_has_native_bf16():
+        return "bf16", "auto: this CPU has native bf16 (AVX512-BF16 or AMX)"
+    return "fp32", "auto: this CPU has no native bf16"
+
+
+def _cuda_has_native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # a torch without the keyword: it counted native support only
+            return bool(torch.cuda.is_bf16_supported())
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX-BF16 on this CPU, by torch's own CPU feature probe, else /proc/cpuinfo.
+
+    Other CPUs (Arm's bf16 included, unmeasured here) count as not native.
+    """
+    if not torch.backends.mkldnn.is_available():  # bf16 convolutions on CPU are oneDNN's
+        return False
+    capabilities = getattr(torch.cpu, "get_capabilities", None)  # private-ish; absent from older torch
+    if capabilities is not None:
+        try:
+            found = capabilities()
+            return bool(found.get("avx512_bf16") or found.get("amx_bf16"))
+        except Exception:  # noqa: BLE001 - a probe failure means "unknown", then the next probe
+            pass
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if probe is not None:
+        return bool(probe())
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _auto_channels_last(device: torch.device) -> tuple[bool, str]:
+    # NHWC is what oneDNN's CPU convolutions and the GPU's tensor cores compute in; NCHW input is
+    # reordered at every layer (issue #12 on this CPU: +32% img/s in fp32, +11% in bf16).
+    if device.type == "cuda":
+        major, _ = torch.cuda.get_device_capability(device)
+        if major >= 7:
+            return True, "auto: this GPU has tensor cores"
+        return False, "auto: this GPU has no tensor cores"
+    if torch.backends.mkldnn.is_available():
+        return True, "auto: oneDNN's convolutions are NHWC"
+    return False, "auto: this torch has no oneDNN"
+
+
+def _auto_compile(device: torch.device, total_steps: int) -> tuple[bool, str]:
+    if total_steps < COMPILE_MIN_STEPS:  # checked first: short runs (tests, smoke runs) skip the compiler probe
+        return False, f"auto: {total_steps} steps are too few to repay compilation"
+    unavailable = compile_unavailable_reason(device)
+    if unavailable:
+        return False, f"auto: {unavailable}"
+    return True, f"auto: {total_steps} steps repay compilation"
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot work on ``device`` here, or None when it can."""
+    try:
+        import torch._dynamo
+
+        if not torch._dynamo.is_dynamo_supported():
+            return "torch.compile does not support this Python"
+    except (ImportError, AttributeError):
+        return "this torch has no torch.compile"
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            return "Triton is not importable"
+        return None if has_triton() else "Triton (Inductor's GPU compiler) is not installed"
+    return None if _cpp_compiler() else "no C++ compiler for Inductor (install g++ or set CXX)"
+
+
+def _cpp_compiler() -> str | None:
+    """The C++ compiler Inductor will use, found by Inductor's own search, or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except ImportError:  # an Inductor without cpp_builder: look for what its config names
+        import os
+        import shutil
+
+        return shutil.which(os.environ.get("CXX", "g++"))
+    except Exception:  # noqa: BLE001 - Inductor raises its own InvalidCxxCompiler when none is found
+        return None
 
 
 def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
@@ -227,44 +296,16 @@ def train(
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
 
-    # A torchrun restart (--max-restarts) resumes by itself. Only rank 0 reads the checkpoint; every
-    # rank gets its content, so all agree on where to resume and no shared filesystem is needed.
-    resume = resume or dist.restart_count > 0
-    state, problem = None, None
-    if dist.is_main and resume and last_path.is_file():
-        try:
-            state = read_checkpoint(last_path)
-        except UserError as exc:
-            problem = (exc.args[0], exc.hint)
-    state, problem = dist.broadcast_object((state, problem))
-    if problem is not None:
-        raise UserError(problem[0], hint=problem[1])
-    if resume and state is None:
-        progress.info(f"--resume: no checkpoint at {last_path}, starting fresh")
+    state = _read_last_checkpoint(last_path, resume, dist)
     if state is not None:
-        lacking = [key for key in _RESUME_KEYS if key not in state]
-        if lacking:
-            raise UserError(
-                f"--resume: {last_path} is not a training checkpoint (it lacks {', '.join(lacking)})",
-                hint="start the run in another --output",
-            )
-        saved_data = state["dataset"]
-        if saved_data.get("classes") != dataset.classes or saved_data.get("train_size") != len(dataset.train_images):
-            raise UserError(
-                f"--resume: {last_path} was trained on {saved_data.get('name')} ({saved_data.get('train_size')} training "
-                f"images, {len(saved_data.get('classes') or [])} classes), not on this {dataset.name} "
-                f"({len(dataset.train_images)} images, {dataset.num_classes} classes)",
-                hint="resume with the same --dataset, --data-dir and --train-subset, or use another --output",
-            )
-        saved = TrainConfig.from_dict(state["train_config"])
-        saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
-        saved.device = config.device
-        if saved.sync_bn != config.sync_bn:  # how to run, like --device: this launch's flag decides
-            progress.info(f"--sync-bn is {'on' if config.sync_bn else 'off'} for this launch (the checkpoint's run had it {'on' if saved.sync_bn else 'off'})")
-        saved.sync_bn = config.sync_bn
-        config = saved
+        config = _resumed_config(state, config, dataset, last_path)
     if dataset.num_classes < 2:
         raise UserError("the dataset must have at least 2 classes")
+    steps_per_epoch = _steps_per_epoch(config.batch_size, dist.world_size, len(dataset.train_images))
+    speed = resolve_speed_settings(config, device, config.epochs * steps_per_epoch)
+    config = speed.apply(config)
+    if dist.is_main:
+        progress.info(speed.describe())
 
     torch.manual_seed(config.seed)
     spec = normalize_spec(config.model, dataset.num_classes, config.plain, config.shortcut)
@@ -286,12 +327,7 @@ def train(
 
     global_batch = config.batch_size
     local_batch = global_batch // dist.world_size
-    if local_batch * dist.world_size != global_batch:
-        raise UserError(f"--batch-size {global_batch} must be divisible by the number of ranks ({dist.world_size})")
     num_train = len(dataset.train_images)
-    if global_batch > num_train:
-        raise UserError(f"--batch-size {global_batch} is larger than the {num_train} training images; use at most {num_train}")
-    steps_per_epoch = max(1, num_train // global_batch)
     if dist.is_main:
         # Room for last.pt, best.pt and the temporary copy written while one is replaced, checked now
         # rather than when the first epoch ends. Optimizer state: SGD keeps one buffer per weight, AdamW two.
@@ -437,6 +473,59 @@ def train(
                 )
             dist.barrier()
     return {**metrics, "best_top1": best_accuracy, "checkpoint": str(last_path), "best_checkpoint": str(best_path)}
+
+
+def _read_last_checkpoint(last_path: Path, resume: bool, dist: DistributedContext) -> dict | None:
+    """The checkpoint to continue from, on every rank; None: start fresh."""
+    # A torchrun restart (--max-restarts) resumes by itself. Only rank 0 reads the checkpoint; every
+    # rank gets its content, so all agree on where to resume and no shared filesystem is needed.
+    resume = resume or dist.restart_count > 0
+    state, problem = None, None
+    if dist.is_main and resume and last_path.is_file():
+        try:
+            state = read_checkpoint(last_path)
+        except UserError as exc:
+            problem = (exc.args[0], exc.hint)
+    state, problem = dist.broadcast_object((state, problem))
+    if problem is not None:
+        raise UserError(problem[0], hint=problem[1])
+    if resume and state is None:
+        progress.info(f"--resume: no checkpoint at {last_path}, starting fresh")
+    return state
+
+
+def _resumed_config(state: dict, config: TrainConfig, dataset: ImageDataset, last_path: Path) -> TrainConfig:
+    """The checkpoint's own config (speed settings as its first launch decided them), with only
+    --epochs, --device and --sync-bn taken from this launch."""
+    lacking = [key for key in _RESUME_KEYS if key not in state]
+    if lacking:
+        raise UserError(
+            f"--resume: {last_path} is not a training checkpoint (it lacks {', '.join(lacking)})",
+            hint="start the run in another --output",
+        )
+    saved_data = state["dataset"]
+    if saved_data.get("classes") != dataset.classes or saved_data.get("train_size") != len(dataset.train_images):
+        raise UserError(
+            f"--resume: {last_path} was trained on {saved_data.get('name')} ({saved_data.get('train_size')} training "
+            f"images, {len(saved_data.get('classes') or [])} classes), not on this {dataset.name} "
+            f"({len(dataset.train_images)} images, {dataset.num_classes} classes)",
+            hint="resume with the same --dataset, --data-dir and --train-subset, or use another --output",
+        )
+    saved = TrainConfig.from_dict(state["train_config"])
+    saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
+    saved.device = config.device
+    if saved.sync_bn != config.sync_bn:  # how to run, like --device: this launch's flag decides
+        progress.info(f"--sync-bn is {'on' if config.sync_bn else 'off'} for this launch (the checkpoint's run had it {'on' if saved.sync_bn else 'off'})")
+    saved.sync_bn = config.sync_bn
+    return saved
+
+
+def _steps_per_epoch(global_batch: int, world_size: int, num_train: int) -> int:
+    if global_batch % world_size:
+        raise UserError(f"--batch-size {global_batch} must be divisible by the number of ranks ({world_size})")
+    if global_batch > num_train:
+        raise UserError(f"--batch-size {global_batch} is larger than the {num_train} training images; use at most {num_train}")
+    return max(1, num_train // global_batch)  # the last partial batch is dropped: every step has one shape
 
 
 def _peak_memory_mb(device: torch.device) -> float:

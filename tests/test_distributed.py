@@ -41,7 +41,10 @@ TRAIN_IMAGES, TEST_IMAGES, BATCH, EPOCHS, LR = 256, 64, 64, 2, 0.02
 CLI_OPTIONS = [
     "--dataset", "synthetic", "--train-subset", str(TRAIN_IMAGES), "--test-subset", str(TEST_IMAGES),
     "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--lr", str(LR), "--device", "cpu", "--seed", "0",
+    "--precision", "fp32", "--no-channels-last", "--no-compile",
 ]  # fmt: skip
+# fp32 and NCHW, not the speed defaults: these tests are about the ranks' arithmetic being the same
+# computation, and bf16's rounding (2 ranks with --sync-bn vs 1 rank: 2.3e-3) would swamp the bound.
 # Relative L2 distance between final weights (all floating-point state). Measured on this machine:
 # 1 rank on 1 vs 2 threads 1.5e-4, 2 ranks with --sync-bn vs 1 rank 3e-4, 2 ranks without it 1.1e-2
 # (8 steps amplify summation-order noise; the gap to un-synchronised BN is what the bound must keep).
@@ -50,7 +53,10 @@ RUN_TIMEOUT_S = 240
 
 
 def reference_config(**changes) -> TrainConfig:
-    options = dict(model="resnet20", epochs=EPOCHS, batch_size=BATCH, lr=LR, device="cpu", seed=0, dataset="synthetic")
+    options = dict(
+        model="resnet20", epochs=EPOCHS, batch_size=BATCH, lr=LR, device="cpu", seed=0, dataset="synthetic",
+        precision="fp32", channels_last=False, compile=False,
+    )  # fmt: skip
     return TrainConfig(**{**options, **changes})
 
 

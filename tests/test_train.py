@@ -154,3 +154,47 @@ def test_train_and_eval_cli(tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     metrics = json.loads(evaluated.output)
     assert metrics["count"] == 512 and 0 <= metrics["top1"] <= 100 and metrics["images_per_sec"] > 0
+    assert "tta_flip_top1" not in metrics
+    with_tta = runner.invoke(main, ["-q", "eval", str(out / "last.pt"), "--dataset", "synthetic", "--tta", "flip"])
+    assert with_tta.exit_code == 0, with_tta.output
+    flipped = json.loads(with_tta.output)
+    assert flipped["top1"] == metrics["top1"] and 0 <= flipped["tta_flip_top1"] <= 100  # single crop unchanged
+
+
+class _LeftHalfLinear(torch.nn.Module):
+    """A linear classifier of the left half of the image only: far from mirror-symmetric."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3 * 32 * 16, classes)
+
+    def forward(self, x):
+        return self.linear(x[..., :16].flatten(1))
+
+
+def test_flip_tta_is_reported_beside_the_single_crop_figure(synthetic):
+    from resnet_deploy.evaluation import evaluate, flip_averaged_log_probs, predict_logits
+
+    torch.manual_seed(0)
+    model, norm = _LeftHalfLinear(), synthetic.normalization
+    images = synthetic.test_images[:256]
+    logits = predict_logits(model, images, norm)
+    labels = logits.argmax(1).numpy()  # single crop is right on every image by construction
+    single = evaluate(model, images, labels, norm)
+    flipped = evaluate(model, images, labels, norm, tta="flip")
+    assert single["top1"] == flipped["top1"] == 100.0 and single["loss"] == flipped["loss"]
+    assert "tta_flip_top1" not in single
+    assert flipped["tta_flip_top1"] < 100.0  # the mirror sees the other half: predictions change
+    mirrored = predict_logits(lambda x: model(x.flip(3)), images, norm)
+    mean_probs = (logits.softmax(1) + mirrored.softmax(1)) / 2
+    assert torch.allclose(flip_averaged_log_probs(logits, mirrored).exp(), mean_probs, atol=1e-6)
+
+
+def test_flip_tta_of_a_mirror_symmetric_model_equals_single_crop(synthetic):
+    from resnet_deploy.evaluation import evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 10))
+    metrics = evaluate(model, synthetic.test_images[:128], synthetic.test_labels[:128], synthetic.normalization, tta="flip")
+    assert metrics["tta_flip_top1"] == metrics["top1"]
+    assert metrics["tta_flip_loss"] == pytest.approx(metrics["loss"], abs=1e-6)

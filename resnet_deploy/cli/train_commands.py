@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from .. import progress
+from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
+from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
 from .options import dataset_options, echo_json
 
 
@@ -18,19 +20,22 @@ from .options import dataset_options, echo_json
 @click.option("--epochs", default=30, show_default=True, type=int)
 @click.option("--batch-size", default=128, show_default=True, type=int, help="Global batch size (split across ranks under torchrun).")
 @click.option("--lr", default=0.1, show_default=True, type=float, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(["sgd", "adamw"]), default="sgd", show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=TrainConfig.optimizer, show_default=True)
 @click.option("--momentum", default=0.9, show_default=True, type=float)
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum for SGD.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float, help="Not applied to BN and biases.")
-@click.option("--schedule", type=click.Choice(["multistep", "cosine", "onecycle", "constant"]), default="onecycle", show_default=True, help="multistep is the paper's: /10 at 50% and 75% of the run.")
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=TrainConfig.schedule, show_default=True, help="multistep is the paper's: /10 at 50% and 75% of the run.")
 @click.option("--milestones", default="0.5,0.75", show_default=True, help="multistep decay points as fractions of the run.")
 @click.option("--gamma", default=0.1, show_default=True, type=float, help="multistep decay factor.")
 @click.option("--warmup-epochs", default=0.0, show_default=True, type=float, help="Linear lr warm-up (the paper warms ResNet110 up).")
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="Autocast precision (bf16/fp16 are for GPUs).")
-@click.option("--channels-last", is_flag=True, help="NHWC memory format (faster with tensor cores).")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
+@click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=TrainConfig.precision, show_default=True,
+              help="Autocast precision. auto: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and on GPUs that compute it natively, else fp32. "
+              "bf16 also runs elsewhere (emulated, slower); fp16 is for CUDA GPUs (loss-scaled).")
+@click.option("--channels-last/--no-channels-last", default=AUTO, help="NHWC memory format. [default: auto: on CPUs with oneDNN and on GPUs with tensor cores]")
+@click.option("--compile/--no-compile", "compile_", default=AUTO,
+              help=f"torch.compile the model. [default: auto: on for runs of {COMPILE_MIN_STEPS}+ optimizer steps, where Inductor finds its compiler]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks.")
 @click.option("--lr-scale", is_flag=True, help="Under torchrun: multiply --lr by the number of ranks.")
@@ -71,8 +76,12 @@ def train(load_data, output, milestones, compile_, resume, **options):
 @dataset_options
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
-def eval_command(checkpoint, load_data, batch_size, device):
-    """Top-1 (and top-5), loss and images/s of CHECKPOINT on the test split."""
+@click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+              help="flip: also report the mean of the image's and its mirror's softmax as tta_flip_top1/top5/loss; "
+              "top1/top5/loss stay single crop.")
+def eval_command(checkpoint, load_data, batch_size, device, tta):
+    """Top-1 (and top-5), loss and images/s of CHECKPOINT on the test split (single crop; --tta flip adds
+    the flip-averaged figures beside them)."""
     from ..checkpoint import check_dataset_matches, load_checkpoint
     from ..evaluation import evaluate
     from ..train import resolve_device
@@ -81,7 +90,7 @@ def eval_command(checkpoint, load_data, batch_size, device):
     loaded = load_checkpoint(checkpoint, str(target))
     dataset = load_data()
     check_dataset_matches(loaded, dataset.classes, dataset.name)
-    metrics = evaluate(loaded.model, dataset.test_images, dataset.test_labels, loaded.normalization, batch_size, target)
+    metrics = evaluate(loaded.model, dataset.test_images, dataset.test_labels, loaded.normalization, batch_size, target, tta=tta)
     echo_json({"checkpoint": str(checkpoint), "model": loaded.spec.to_dict(), "dataset": dataset.name, "device": str(target), **metrics})
 
 
