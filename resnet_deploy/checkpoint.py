@@ -51,6 +51,15 @@ class LoadedModel:
         return self.raw.get("dataset", {}).get("name", "")
 
 
+def resolve_checkpoint(reference: str | os.PathLike) -> Path:
+    """A checkpoint file path as given, or for ``pretrained:NAME`` the shipped file of NAME, its sha256
+    checked against the zoo registry. The one place a checkpoint reference becomes a file."""
+    from . import zoo
+
+    name = zoo.pretrained_name(reference)
+    return zoo.resolve(name) if name is not None else Path(reference)
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write atomically; ``payload`` holds at least model, state_dict, normalization, dataset.
 

@@ -2,7 +2,7 @@
 
 Stages, in order (each one a call of another stage's public function)::
 
-    train      train.train                  -> runs/<name>/last.pt   (or --checkpoint: reuse one)
+    train      train.train                  -> runs/<name>/last.pt   (or checkpoint: reuse a file or pretrained:NAME)
     quantize   quantize.quantize_ptq / _qat -> calibration/<name>-<ptq|qat>-<target>/
     export     export.export_checkpoint     -> exports/<name>/        FP32, FP16, TensorRT-scheme int8, engines
                                                exports/<name>-cpu/    CPU-scheme (U8S8) int8 for ONNX Runtime
@@ -32,6 +32,7 @@ from typing import Any, Callable
 from . import progress
 from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file, write_json
+from .zoo import pretrained_name, read_registry
 
 STATE_FORMAT = "resnet-deploy/pipeline"
 QUANTIZATION_CHOICES = ("ptq", "qat", "both", "none")
@@ -44,7 +45,7 @@ class PipelineConfig:
 
     name: str
     workdir: Path = Path(".")
-    checkpoint: Path | None = None
+    checkpoint: str | Path | None = None  # a file or pretrained:NAME to start from; None: train ``model``
     # train
     model: str = "resnet20"
     epochs: int = 15
@@ -81,8 +82,12 @@ class PipelineConfig:
             raise UserError(f"--int8-targets accepts {', '.join(INT8_TARGETS)} (comma-separated), got {','.join(self.int8_targets)}")
         if self.epochs < 1 or self.qat_epochs < 1:
             raise UserError("--epochs and --qat-epochs must be >= 1")
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+        shipped = pretrained_name(self.checkpoint) if self.checkpoint is not None else None
+        if self.checkpoint is not None and shipped is None and not Path(self.checkpoint).is_file():
             raise UserError(f"--checkpoint {self.checkpoint} not found")
+        if shipped is not None and shipped not in (models := read_registry()["models"]):
+            raise UserError(f"no shipped {self.checkpoint} (shipped: {', '.join(sorted(models)) or 'none'})",
+                            hint="--train trains --model from scratch; --checkpoint FILE starts from a file")
 
     # where each stage writes
     @property
@@ -232,8 +237,11 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
     """
     from .backends import RunnerOptions
     from .bench import BenchSettings
+    from .checkpoint import load_checkpoint, resolve_checkpoint
 
     config.validate()
+    # pretrained:NAME becomes its shipped file here, sha256 verified, before the data is loaded
+    reused = resolve_checkpoint(config.checkpoint) if config.checkpoint is not None else None
     config.runner_options = config.runner_options or RunnerOptions()
     config.bench_settings = config.bench_settings or BenchSettings()
     config.results_dir.mkdir(parents=True, exist_ok=True)
@@ -242,9 +250,10 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
     data_id = dataset_fingerprint(dataset)
 
     # ---------------------------------------------------------------- train
-    if config.checkpoint is not None:
-        checkpoint = Path(config.checkpoint)
-        _skip(state, "train", f"--checkpoint given: reusing {checkpoint} (sha256 {sha256_file(checkpoint)[:12]})")
+    if reused is not None:
+        checkpoint = reused
+        origin = f"shipped {config.checkpoint}" if pretrained_name(config.checkpoint) else "--checkpoint given"
+        _skip(state, "train", f"{origin}: reusing {checkpoint} (sha256 {sha256_file(checkpoint)[:12]})")
     else:
         checkpoint = config.run_dir / "last.pt"
         train_inputs = {
@@ -258,8 +267,6 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
     checkpoint_sha = sha256_file(checkpoint)
 
     # ---------------------------------------------------------------- quantize
-    from .checkpoint import load_checkpoint
-
     loaded = load_checkpoint(checkpoint)
     int8_dirs: dict[str, Path] = {}  # target -> the artifact the export uses
     quantized_dirs: list[Path] = []

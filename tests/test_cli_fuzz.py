@@ -146,7 +146,8 @@ bad_subset = st.sampled_from(["0", "-1", "-3", "1.5", "x", ""])
 bad_floats = st.sampled_from(["nan", "inf", "-inf", "-1", "1e30", "abc", "", "1e999"])
 bad_text = st.sampled_from(["", " ", "abc", "-1", "1,2,x", "../..", "ü", "--help"])
 devices_bad = st.sampled_from(["cuda", "cuda:1", "meta", "mps", "gpu0", "", "cpu:x"])
-checkpoints_bad = st.sampled_from(["ckpt/truncated.pt", "ckpt/evil.pt", "ckpt/hundred-classes.pt", "missing.pt", "ckpt", "junk.bin"])
+checkpoints_bad = st.sampled_from(["ckpt/truncated.pt", "ckpt/evil.pt", "ckpt/hundred-classes.pt", "missing.pt", "ckpt", "junk.bin",
+                                   "pretrained:nope", "pretrained:"])
 
 
 def ints(low: int, high: int) -> st.SearchStrategy[str]:
@@ -385,7 +386,7 @@ stage_strategies = {
         positional=(st.just("out/exports/ckpt"), st.sampled_from(["missing", "empty", "junk.bin"])),
     ),
     "pipeline": command_line(
-        ["pipeline", "--name", "p", "--workdir", "out/pipe", "--no-tensorrt", "--no-latency", "--epochs", "1", "--calib-size", "16"],
+        ["pipeline", "--name", "p", "--workdir", "out/pipe", "--no-tensorrt", "--no-latency", "--train", "--epochs", "1", "--calib-size", "16"],
         with_dataset(
             [
                 ("--name", st.just("p2"), st.sampled_from(["../up", "", "a/b"])),

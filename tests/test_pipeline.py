@@ -27,7 +27,7 @@ def stages(workdir: Path, name: str) -> dict[str, dict]:
 def test_pipeline_from_nothing_then_skips_current_work(tmp_path):
     """Train -> export -> bench -> report on a tiny synthetic subset; the rerun redoes nothing; a bench
     setting change redoes only the bench; the report lists what could not run here."""
-    common = ["--dataset", "synthetic", "--train-subset", "384", "--test-subset", "128", "--epochs", "1",
+    common = ["--train", "--dataset", "synthetic", "--train-subset", "384", "--test-subset", "128", "--epochs", "1",
               "--quantization", "none", "--no-fp16", "--name", "tiny"]
     first = run_cli(tmp_path, *common)
     assert first.exit_code == 0, first.output

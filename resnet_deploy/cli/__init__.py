@@ -71,7 +71,8 @@ def main(quiet: bool) -> None:
       resnet-deploy quantize runs/r20/best.pt --data-dir DATA
       resnet-deploy export runs/r20/best.pt --int8 calibration/r20
       resnet-deploy bench --backend onnxruntime --export exports/r20 --data-dir DATA
-    or all of it at once: resnet-deploy pipeline --data-dir DATA
+    or all of it at once, on the shipped ResNet20: resnet-deploy pipeline --data-dir DATA --name r20
+    Every CHECKPOINT may be pretrained:NAME, a model shipped with the package (resnet-deploy models).
     """
     if quiet:
         progress.set_enabled(False)

@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .. import progress
 from ..errors import UserError
-from .options import dataset_options, echo_json, parse_int_list
+from .options import CHECKPOINT, dataset_options, echo_json, parse_int_list
 
 _ALL_BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
 _ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -133,7 +134,7 @@ def _print_summary(results: dict, paths: dict) -> None:
 
 
 @click.command()
-@click.option("--checkpoint", type=click.Path(), help="FP32 checkpoint (the baseline) [the one the export manifest names].")
+@click.option("--checkpoint", type=CHECKPOINT, help="FP32 checkpoint (the baseline), a file or pretrained:NAME [the one the export manifest names].")
 @click.option("--export", "export_dirs", multiple=True, type=click.Path(), help="Export directory with manifest.json (ONNX files, TensorRT engines); repeat for several exports of one checkpoint (e.g. CPU- and TensorRT-scheme int8).")
 @click.option("--quantized", "quantized_dirs", multiple=True, type=click.Path(), help="A `resnet-deploy quantize` artifact directory: a PyTorch int8 row (x86 CPU lowering); repeatable.")
 @dataset_options
@@ -187,12 +188,14 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 
 @click.command()
 @click.option("--name", "run_name", required=True, help="Run name: runs/NAME, calibration/NAME-*, exports/NAME[-cpu], benchmarks/results/NAME.")
-@click.option("--checkpoint", type=click.Path(), help="Reuse this FP32 checkpoint instead of training.")
-@click.option("--model", default="resnet20", show_default=True, help="Model to train (resnet20/32/44/56/110, resnet18..152, plainN).")
-@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1), help="Training epochs.")
-@click.option("--train-batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.1, show_default=True, type=float, help="Peak training learning rate.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--checkpoint", type=CHECKPOINT, help="Start from this FP32 checkpoint, a file or pretrained:NAME [pretrained:MODEL, the shipped one].")
+@click.option("--model", default="resnet20", show_default=True, help="Model: its shipped checkpoint pretrained:MODEL is used, or with --train "
+              "it is trained (resnet20/32/44/56/110, resnet18..152, plainN).")
+@click.option("--train", "train_from_scratch", is_flag=True, help="Train --model from scratch (--epochs, --lr, ...) instead of using its shipped checkpoint.")
+@click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1), help="With --train: training epochs.")
+@click.option("--train-batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="With --train.")
+@click.option("--lr", default=0.1, show_default=True, type=float, help="With --train: peak training learning rate.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --train.")
 @click.option("--train-device", default="auto", show_default=True, help="Device for training and quantization-aware fine-tuning.")
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
@@ -209,10 +212,11 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 @click.option("--no-verify", is_flag=True, help="Report without gating (the pipeline verifies by default).")
 @click.option("--force", is_flag=True, help="Redo every stage even when its artifacts are current.")
 @click.option("--workdir", default=".", show_default=True, type=click.Path(), help="Folder holding runs/, calibration/, exports/, benchmarks/results/.")
-def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, train_device, load_data, quantization, int8_targets,
+def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batch_size, lr, seed, train_device, load_data, quantization, int8_targets,
              calib_method, calib_size, qat_epochs, qat_lr, export_fp16, build_tensorrt, compute_capability, max_batch, no_verify,
              force, workdir, **options):
-    """Train (or reuse --checkpoint), quantize, export, bench every backend and write the verified report.
+    """Start from the shipped pretrained:MODEL (or --checkpoint, or train with --train), quantize,
+    export, bench every backend and write the verified report.
 
     Each stage is skipped when its inputs (settings, data, files, by sha256) and outputs are unchanged
     since the last run; --force redoes it. Stages that cannot run here (no TensorRT, no GPU) are listed
@@ -222,9 +226,10 @@ def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, tr
 
     \b
     Examples:
-      resnet-deploy pipeline --data-dir ../shared/datasets/cifar10-jpeg.tar.xz --model resnet20 --epochs 15 --name r20
+      resnet-deploy pipeline --data-dir ../shared/datasets/cifar10-jpeg.tar.xz --name r20    (the shipped ResNet20)
+      resnet-deploy pipeline --train --model resnet20 --epochs 15 --data-dir DATA --name r20-scratch
       resnet-deploy pipeline --checkpoint runs/r20/last.pt --data-dir DATA --name r20 --quantization both
-      resnet-deploy pipeline --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
+      resnet-deploy pipeline --train --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
     """
     from ..bench import raise_if_failed
     from ..pipeline import PipelineConfig, raise_if_stages_failed, run_pipeline
@@ -235,7 +240,7 @@ def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, tr
     runner_options, settings, thresholds = make_bench_config(options)
     targets = tuple(part.strip().lower() for part in int8_targets.split(",") if part.strip())
     config = PipelineConfig(
-        name=run_name, workdir=Path(workdir), checkpoint=Path(checkpoint) if checkpoint else None, model=model, epochs=epochs,
+        name=run_name, workdir=Path(workdir), checkpoint=_starting_checkpoint(checkpoint, model, train_from_scratch), model=model, epochs=epochs,
         batch_size=train_batch_size, lr=lr, seed=seed, train_device=train_device, quantization=quantization,
         int8_targets=targets, calib_method=calib_method, calib_size=calib_size, qat_epochs=qat_epochs, qat_lr=qat_lr,
         fp16=export_fp16, tensorrt=build_tensorrt, compute_capability=compute_capability, max_batch=max_batch,
@@ -251,6 +256,27 @@ def pipeline(run_name, checkpoint, model, epochs, train_batch_size, lr, seed, tr
     raise_if_stages_failed(result)
     if result.results is not None:
         raise_if_failed(result.results)
+
+
+# Options that only shape training: given without --train they would be silently ignored.
+TRAINING_OPTIONS = ("epochs", "train_batch_size", "lr", "seed")
+
+
+def _starting_checkpoint(checkpoint: Path | None, model: str, train_from_scratch: bool) -> Path | str | None:
+    """What the pipeline starts from: --checkpoint, else the shipped pretrained:MODEL; None (train) with --train."""
+    from ..zoo import PREFIX
+
+    if train_from_scratch:
+        if checkpoint is not None:
+            raise UserError("--train trains a new model and --checkpoint reuses one: give one of them")
+        return None
+    ctx = click.get_current_context()
+    ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_OPTIONS
+               if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if ignored:
+        raise UserError(f"training option(s) {', '.join(ignored)} given without --train",
+                        hint=f"add --train to train {model} from scratch, or drop them to start from {checkpoint or PREFIX + model}")
+    return checkpoint if checkpoint is not None else PREFIX + model
 
 
 COMMANDS: list = [bench, pipeline]

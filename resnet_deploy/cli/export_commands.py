@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json
 
 
 def _tensorrt_options(func):
@@ -28,7 +28,7 @@ def _tensorrt_options(func):
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=CHECKPOINT)
 @click.option("--int8", "int8_dir", type=click.Path(path_type=Path), help="A `resnet-deploy quantize` artifact directory: also export its int8 Q/DQ ONNX "
               "(needs --data-dir: int8 parity runs on the held-out test split).")
 @click.option("--fp16", is_flag=True, help="Also export an FP16 ONNX (float32 input/output, half inside) and, with TensorRT, an FP16 engine.")

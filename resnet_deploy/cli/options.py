@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -43,6 +44,24 @@ def dataset_options(func: Callable) -> Callable:
         return func(*args, load_data=loader, **kwargs)
 
     return wrapper
+
+
+class CheckpointType(click.ParamType):
+    """A checkpoint file, or ``pretrained:NAME`` (a shipped model, its sha256 verified), as a Path.
+
+    Resolved while the command line is parsed, so the command and everything it records (run names,
+    manifests, checkpoint sha256) see the real file. Existence is left to the stage, which says more.
+    """
+
+    name = "checkpoint"
+
+    def convert(self, value, param, ctx) -> Path:
+        from ..checkpoint import resolve_checkpoint
+
+        return resolve_checkpoint(value)
+
+
+CHECKPOINT = CheckpointType()
 
 
 def parse_int_list(text: str, option: str) -> list[int]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
-from .options import dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json
 
 TARGETS = ("tensorrt", "cpu")
 METHODS = ("minmax", "ema", "percentile", "entropy", "mse")
@@ -23,7 +23,7 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=CHECKPOINT)
 @dataset_options
 @click.option("--target", type=click.Choice(TARGETS), default="tensorrt", show_default=True,
               help="tensorrt: signed int8, symmetric, zero-point 0 (TensorRT's explicit quantization). "
@@ -112,7 +112,7 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
 
 @click.command("quantize-info")
 @click.argument("artifact", type=click.Path())
-@click.option("--checkpoint", type=click.Path(), help="Also check that the artifact was made from this FP32 checkpoint.")
+@click.option("--checkpoint", type=CHECKPOINT, help="Also check that the artifact was made from this FP32 checkpoint.")
 def quantize_info(artifact, checkpoint):
     """Verify a quantize artifact (file hashes, and the checkpoint's when given) and summarise it.
 

@@ -8,7 +8,7 @@ from .. import progress
 from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
 from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
-from .options import dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json
 
 
 @click.command()
@@ -72,7 +72,7 @@ def train(load_data, output, milestones, compile_, resume, **options):
 
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path())
+@click.argument("checkpoint", type=CHECKPOINT)
 @dataset_options
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--device", default="auto", show_default=True)
@@ -106,33 +106,63 @@ def data(load_data):
 @click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2, max=10_000))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(num_classes, as_json):
-    """List the models with parameter counts and FLOPs (one 32x32 image, multiply-add = 2 FLOPs)."""
-    from ..models import available_models, count_flops, count_parameters, create_model
+    """List the models with parameter counts and FLOPs (one 32x32 image, multiply-add = 2 FLOPs), and
+    which of them are shipped pretrained, with their FP32 top-1 on the full test split. Every command
+    that takes a checkpoint takes pretrained:NAME.
+    """
+    from ..models import available_models, create_model
 
-    rows = []
-    for name in available_models():
-        for plain in (False, True):
-            model = create_model(name, num_classes, plain=plain)
-            rows.append(
-                {
-                    "model": name.replace("resnet", "plain") if plain else name,
-                    "shortcut": "-" if plain else model.shortcut_option,
-                    "params": count_parameters(model),
-                    "gflops": round(count_flops(model) / 1e9, 4),
-                }
-            )
+    rows = [
+        _model_row(create_model(name, num_classes, plain=plain), name.replace("resnet", "plain") if plain else name)
+        for name in available_models()
+        for plain in (False, True)
+    ]
+    _add_pretrained(rows, num_classes)
     if as_json:
         echo_json(rows)
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"resnet-deploy models ({num_classes} classes)")
-    for column in ("model", "shortcut", "params", "GFLOPs"):
+    table = Table(title=f"resnet-deploy models ({num_classes} classes)", caption="pretrained: use as pretrained:NAME; "
+                  "top-1 is FP32, single crop, on the full test split of the dataset named")
+    for column in ("model", "shortcut", "params", "GFLOPs", "pretrained"):
         table.add_column(column, justify="right" if column in ("params", "GFLOPs") else "left")
     for row in rows:
-        table.add_row(row["model"], row["shortcut"], f"{row['params']:,}", f"{row['gflops']:.3f}")
+        pretrained = "\n".join(f"{p['name']}: {p['top1']:.2f}% {p['dataset']}, {p['epochs']} epochs" for p in row["pretrained"])
+        table.add_row(row["model"], row["shortcut"], f"{row['params']:,}", f"{row['gflops']:.3f}", pretrained or "-")
     Console().print(table)
+
+
+def _model_row(model, label: str) -> dict:
+    from ..models import count_flops, count_parameters
+
+    return {
+        "model": label,
+        "shortcut": "-" if model.plain else model.shortcut_option,
+        "params": count_parameters(model),
+        "gflops": round(count_flops(model) / 1e9, 4),
+        "pretrained": [],
+    }
+
+
+def _add_pretrained(rows: list[dict], num_classes: int) -> None:
+    """Attach each shipped model of this class count to its row (a depth outside the list gets its own row)."""
+    from ..models import ModelSpec, build_model
+    from ..zoo import PREFIX, list_pretrained
+
+    for entry in list_pretrained():
+        spec = ModelSpec.from_dict(entry["model"])
+        if spec.num_classes != num_classes:
+            continue
+        key = (spec.display_name, "-" if spec.plain else spec.shortcut)
+        row = next((row for row in rows if (row["model"], row["shortcut"]) == key), None)
+        if row is None:
+            row = _model_row(build_model(spec), spec.display_name)
+            rows.append(row)
+        row["pretrained"].append(
+            {"name": PREFIX + entry["name"], "top1": entry["top1_full"]["top1"], "dataset": entry["dataset"]["name"], "epochs": entry["epochs"]}
+        )
 
 
 COMMANDS = [train, eval_command, data, models]
