@@ -107,7 +107,7 @@ def _auto_precision(device: torch.device) -> tuple[str, str]:
             return "bf16", "auto: this GPU computes bf16 natively"
         return "fp32", "auto: this GPU has no native bf16"
     if cpu_has_native_bf16():
-        return "bf16", "auto: this CPU has native bf16 (AVX512-BF16 or AMX)"
+        return "bf16", "auto: native bf16 on this CPU, AVX512-BF16 or AMX"
     return "fp32", "auto: this CPU has no native bf16"
 
 
