@@ -5,7 +5,7 @@
 
 Strips the training state (optimizer, scheduler, partial epoch; the recipe and per-epoch history
 stay), writes resnet_deploy/zoo/checkpoints/NAME.pt, measures FP32 top-1 on the full test split and
-on the first --subset-size test images (the figure tests/test_zoo.py re-checks), and adds or updates
+on a fixed --subset-size test images spread evenly over the split (the figure tests/test_zoo.py re-checks), and adds or updates
 NAME in resnet_deploy/zoo/registry.json with the file's sha256, the recipe, the training command and
 wall time. $RESNET_DEPLOY_ZOO (or --zoo) ships into another folder.
 """
@@ -29,7 +29,7 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset", default="cifar10", help="Dataset the figures are measured on [cifar10].")
     parser.add_argument("--data-dir", default=DEFAULT_DATA, help=f"[{DEFAULT_DATA}]")
     parser.add_argument("--data-note", default=JPEG_NOTE, help="What the data is, stored with the figures [the JPEG q75 note].")
-    parser.add_argument("--subset-size", type=int, default=1000, help="The fixed test subset: the first N test images [1000].")
+    parser.add_argument("--subset-size", type=int, default=1000, help="The fixed test subset: N test images, every (test size // N)-th [1000].")
     parser.add_argument("--eval-batch-size", type=int, default=1000, help="[1000]")
     parser.add_argument("--zoo", type=Path, help="Zoo folder [$RESNET_DEPLOY_ZOO or the package's].")
     return parser.parse_args(argv)

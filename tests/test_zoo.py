@@ -27,7 +27,7 @@ from resnet_deploy.cli.options import CheckpointType
 from resnet_deploy.errors import UserError
 from resnet_deploy.evaluation import evaluate
 from resnet_deploy.fileio import sha256_file
-from resnet_deploy.zoo.ship import SHIPPED_KEYS, correct_count, ship_model, subset_definition
+from resnet_deploy.zoo.ship import SHIPPED_KEYS, correct_count, fixed_subset, ship_model
 from test_pipeline import FAST_BENCH, stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,12 +47,10 @@ def check_against_registry(entry: dict, directory: Path, dataset) -> None:
     """
     path = zoo.resolve(entry["name"], directory)  # the sha256 check
     subset = entry["top1_subset"]
-    size = subset["subset"]["first"]
-    assert subset_definition(dataset, size) == subset["subset"], (
-        f"the first {size} test images of this data copy are not those {entry['name']}'s figure was measured on"
-    )
+    images, labels, definition = fixed_subset(dataset, subset["subset"]["size"])
+    assert definition == subset["subset"], f"this data copy's test subset is not the one {entry['name']}'s figure was measured on"
     loaded = load_checkpoint(path)
-    metrics = evaluate(loaded.model, dataset.test_images[:size], dataset.test_labels[:size], loaded.normalization, entry["eval"]["batch_size"])
+    metrics = evaluate(loaded.model, images, labels, loaded.normalization, entry["eval"]["batch_size"])
     assert correct_count(metrics) == subset["correct"], f"{entry['name']}: {metrics['top1']:.2f}% now, {subset['top1']:.2f}% in the registry"
 
 

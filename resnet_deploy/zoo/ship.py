@@ -55,17 +55,23 @@ def measure_top1(checkpoint: Path, images: np.ndarray, labels: np.ndarray, batch
     return {"top1": 100 * correct / metrics["count"], "correct": correct, "images": metrics["count"]}
 
 
-def subset_definition(dataset, size: int) -> dict[str, Any]:
-    """The fixed test subset: the first ``size`` test images, with hashes that tell a changed data copy
-    apart from a changed model when the test's figure differs."""
+def fixed_subset(dataset, size: int) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The fixed test subset: ``size`` test images, every (test size // size)-th one, so that every
+    class is in it even where the split is stored sorted by class (ImageFolder copies such as the
+    shared CIFAR-10 are). Returns images, labels and the definition the registry keeps, whose hashes
+    tell a changed data copy apart from a changed model when a re-measured figure differs."""
     if not 0 < size <= len(dataset.test_images):
         raise UserError(f"--subset-size must be 1..{len(dataset.test_images)}, got {size}")
-    return {
+    step = len(dataset.test_images) // size
+    images, labels = dataset.test_images[: step * size : step], dataset.test_labels[: step * size : step]
+    definition = {
         "split": "test",
-        "first": size,
-        "images_sha256": sha256_bytes(np.ascontiguousarray(dataset.test_images[:size]).tobytes()),
-        "labels_sha256": sha256_bytes(np.ascontiguousarray(dataset.test_labels[:size]).tobytes()),
+        "size": size,
+        "step": step,
+        "images_sha256": sha256_bytes(np.ascontiguousarray(images).tobytes()),
+        "labels_sha256": sha256_bytes(np.ascontiguousarray(labels).tobytes()),
     }
+    return images, labels, definition
 
 
 def training_command(recipe: dict, data_dir: str | None, output: Path) -> str:
@@ -113,7 +119,8 @@ def ship_model(
     directory = directory or zoo_dir()
     run = load_checkpoint(run_checkpoint)  # validated (digest, weights fit the spec) before anything is written
     check_dataset_matches(run, dataset.classes, dataset.name)
-    raw, subset = run.raw, subset_definition(dataset, subset_size)
+    raw = run.raw
+    subset_images, subset_labels, subset = fixed_subset(dataset, subset_size)
     target = directory / CHECKPOINT_DIR / f"{name}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(target, stripped_checkpoint(raw, run_checkpoint))
@@ -126,7 +133,7 @@ def ship_model(
         "dataset": _dataset_entry(raw["dataset"], data_dir, data_note),
         "top1_full": measure_top1(target, dataset.test_images, dataset.test_labels, eval_batch_size),
         "top1_subset": {
-            **measure_top1(target, dataset.test_images[:subset_size], dataset.test_labels[:subset_size], eval_batch_size),
+            **measure_top1(target, subset_images, subset_labels, eval_batch_size),
             "subset": subset,
         },
         "eval": _eval_conditions(eval_batch_size),
