@@ -331,6 +331,24 @@ def test_lint_agrees_with_the_builder_on_bigger_models(name, synthetic, tmp_path
     assert report["builder"]["agree"], report["builder"]["disagreements"]
 
 
+@needs_tensorrt
+def test_export_lints_before_building_an_int8_engine(clean_run, tmp_path, monkeypatch):
+    import shutil
+
+    from resnet_deploy.export.pipeline import ExportOptions, _build_engines
+
+    _, record, _ = clean_run
+    shutil.copy(record["onnx"]["path"], tmp_path / "model-int8-tensorrt.onnx")
+    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    manifest = {"artifacts": [{"kind": "onnx", "precision": "int8", "scheme": "tensorrt", "path": "model-int8-tensorrt.onnx",
+                               "parity": {"passed": True}}], "skipped": []}
+    options = ExportOptions(checkpoint=tmp_path / "unused.pt", output_dir=tmp_path, min_batch=1, opt_batch=1, max_batch=2)
+    _build_engines(options, manifest, tmp_path, {"compute_capability": "8.6"})
+    lint = manifest["artifacts"][0]["qdq_lint"]
+    assert lint["layers"] == len(RESNET20_LAYERS) - 1 and lint["fusions_blocked_by_qdq"] == 9
+    assert manifest["artifacts"][1]["kind"] == "tensorrt"
+
+
 def test_lint_only_cli(clean_run):
     _, record, _ = clean_run
     result = CliRunner().invoke(main, ["inspect", "--lint", "--onnx", record["onnx"]["path"], "--json"])

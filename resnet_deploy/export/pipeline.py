@@ -318,6 +318,9 @@ def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, pla
         cc_tag = "sm" + plan["compute_capability"].replace(".", "")
         engine_path = onnx_path.with_name(f"{onnx_path.stem}.{cc_tag}.engine")
         progress.info(f"building {precision} TensorRT engine -> {engine_path}")
+        if precision == "int8":  # predict every layer's engine precision and fusions from the graph first (inspect --lint)
+            from ..inspect.lint import lint_before_engine_build
+            artifact["qdq_lint"] = lint_before_engine_build(onnx_path)
         sidecar = build_engine(
             onnx_path, engine_path, precision=precision,
             min_batch=options.min_batch, opt_batch=options.opt_batch, max_batch=options.max_batch,
