@@ -647,6 +647,7 @@ def collect_environment() -> dict:
         "onnxruntime": None,
         "onnxruntime_providers": [],
         "tensorrt": None,
+        "openvino": None,
     }
     try:
         import onnxruntime
@@ -661,6 +662,9 @@ def collect_environment() -> dict:
         software["tensorrt"] = tensorrt_version()
     except Exception:  # noqa: BLE001 - absent TensorRT is normal; the rows say why they were skipped
         pass
+    from .backends.openvino import openvino_version
+
+    software["openvino"] = openvino_version()
     from . import __version__
 
     software["resnet_deploy"] = __version__

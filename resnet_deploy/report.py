@@ -15,7 +15,7 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
     hardware: cpu_model, logical_cpus, physical_cores, affinity_cpus, memory_gb, platform,
               gpus: [{name, compute_capability, memory_gb}]
     software: python, torch, torch_threads, cuda, numpy, onnxruntime, onnxruntime_providers,
-              tensorrt ({flavour, version} or null), resnet_deploy
+              tensorrt ({flavour, version} or null), openvino (version or null), resnet_deploy
     model:    {spec, checkpoint: {path, sha256}, num_classes}
     dataset:  {name, split: "test", size, source}
     baseline: row name every delta and speedup is against ("pytorch-fp32")
@@ -41,6 +41,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .backends.base import BACKENDS, PRECISIONS
 from .fileio import atomic_path, atomic_write_text, write_json
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
@@ -104,8 +105,8 @@ _ROW = {
     "required": ["name", "backend", "precision", "device", "status", "reason", "settings", "accuracy", "latency"],
     "properties": {
         "name": {"type": "string", "minLength": 1},
-        "backend": {"enum": ["pytorch", "onnxruntime", "tensorrt"]},
-        "precision": {"enum": ["fp32", "fp16", "bf16", "int8"]},
+        "backend": {"enum": list(BACKENDS)},
+        "precision": {"enum": list(PRECISIONS)},
         "device": {"type": "string"},
         "status": {"enum": ["ok", "skipped", "error", "nonfinite", "interrupted"]},
         "reason": _STRING_OR_NULL,
@@ -332,7 +333,8 @@ def render_markdown(results: dict) -> str:
     lines.append(
         f"**Software** torch {sw['torch']}, onnxruntime {sw.get('onnxruntime') or 'not installed'} "
         f"({', '.join(sw.get('onnxruntime_providers') or []) or '–'}), TensorRT "
-        f"{(trt['flavour'] + ' ' + trt['version']) if trt else 'not installed'}, Python {sw['python']}."
+        f"{(trt['flavour'] + ' ' + trt['version']) if trt else 'not installed'}, OpenVINO {sw.get('openvino') or 'not installed'}, "
+        f"Python {sw['python']}."
     )
     copies = "included" if settings.get("include_copies", True) else "excluded"
     lines.append(

@@ -256,7 +256,7 @@ def test_build_runners_without_artifacts_lists_skips(model):
     reasons = {r.name: r.reason for r in runners if isinstance(r, SkippedRunner)}
     assert "no export directory" in reasons["onnxruntime"] and "no export directory" in reasons["tensorrt"]
     with pytest.raises(UserError, match="--backend"):
-        build_runners(model, RunnerOptions(backends=["openvino"]))
+        build_runners(model, RunnerOptions(backends=["directml"]))
 
 
 # ---------------------------------------------------------------------------- tensorrt

@@ -310,7 +310,7 @@ def test_bench_cli_writes_report(trained, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--backend", "openvino"], "--backend accepts"),
+        (["--backend", "directml"], "--backend accepts"),
         (["--precision", "int4"], "--precision accepts"),
         (["--batch-sizes", "1,x"], "--batch-sizes"),
         (["--verify", "--no-accuracy"], "--verify needs the accuracy pass"),

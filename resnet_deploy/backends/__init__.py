@@ -6,23 +6,37 @@ Public API::
     PyTorchRunner, fp32_runner, autocast_runner, int8_runner              (pytorch)
     OnnxRuntimeRunner, onnx_quantization_scheme, available_providers     (onnxruntime)
     TensorRTRunner, cuda_unavailable_reason                               (tensorrt)
+    OpenVinoRunner, openvino_installed                                    (openvino)
     RunnerOptions, build_runners: the rows of a benchmark from a checkpoint, an export directory
                                   (manifest.json) and a quantize artifact
 
-Heavy runtimes (onnxruntime, TensorRT) are imported only when a runner is activated.
+Heavy runtimes (onnxruntime, TensorRT, OpenVINO) are imported only when a runner is activated, and
+torch only when a PyTorch name is first used: the CLI reads ``BACKENDS`` from here at start-up.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..errors import UserError
+from ..errors import MissingDependencyError, UserError
 from .base import BACKENDS, PRECISIONS, BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner, physical_cores
 from .onnxruntime import OnnxRuntimeRunner, available_providers, onnx_quantization_scheme
-from .pytorch import PyTorchRunner, autocast_runner, fp32_runner, int8_runner
+from .openvino import INSTALL as OPENVINO_INSTALL
+from .openvino import PERFORMANCE_HINTS, OpenVinoRunner, openvino_installed
 from .tensorrt import TensorRTRunner, cuda_unavailable_reason
+
+# Names from backends.pytorch, which imports torch: loaded on first use (PEP 562).
+_PYTORCH_NAMES = ("PyTorchRunner", "autocast_runner", "fp32_runner", "int8_runner")
+
+
+def __getattr__(name: str):
+    if name in _PYTORCH_NAMES:
+        return getattr(importlib.import_module(".pytorch", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BACKENDS",
@@ -30,6 +44,7 @@ __all__ = [
     "BackendUnavailable",
     "NonFiniteOutputError",
     "OnnxRuntimeRunner",
+    "OpenVinoRunner",
     "PyTorchRunner",
     "Runner",
     "RunnerOptions",
@@ -43,6 +58,7 @@ __all__ = [
     "int8_runner",
     "load_export_manifest",
     "onnx_quantization_scheme",
+    "openvino_installed",
     "physical_cores",
 ]
 
@@ -61,6 +77,7 @@ class RunnerOptions:
     graph_optimization: str = "all"
     cuda_graph: bool = False
     device_id: int = 0
+    ov_hint: str = "latency"  # OpenVINO PERFORMANCE_HINT: latency | throughput
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -70,6 +87,8 @@ class RunnerOptions:
         for precision in self.precisions:
             if precision not in PRECISIONS:
                 raise UserError(f"--precision must be among {', '.join(PRECISIONS)} (or all), got {precision!r}")
+        if self.ov_hint not in PERFORMANCE_HINTS:
+            raise UserError(f"--ov-hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {self.ov_hint!r}")
 
 
 def load_export_manifest(export_dir: str | Path) -> dict:
@@ -107,6 +126,8 @@ def build_runners(
     artifact whose (kind, precision, int8 scheme) an earlier export already supplied is not repeated.
     ``quantized``: quantize artifact directories, one PyTorch int8 row each.
     """
+    from .pytorch import PyTorchRunner, autocast_runner, fp32_runner, int8_runner
+
     options.validate()
     wanted = set(options.precisions)
     device = options.device
@@ -168,10 +189,7 @@ def build_runners(
                     sha256=artifact.get("sha256"),
                 )
             )
-        names = [r.name for r in ort_rows]
-        for row in ort_rows:  # two files read as the same scheme: keep both, named by their export scheme
-            if names.count(row.name) > 1 and row.scheme:
-                row.name = f"{row.name}-{row.scheme}"
+        _name_duplicates_by_scheme(ort_rows)
         runners.extend(ort_rows)
 
     if "tensorrt" in options.backends:
@@ -199,4 +217,50 @@ def build_runners(
                     device_id=options.device_id, cuda_graph=options.cuda_graph, sha256=artifact.get("sha256"),
                 )
             )
+
+    if "openvino" in options.backends:
+        runners.extend(_openvino_rows(options, artifacts, [d for d, _ in exports]))
     return runners
+
+
+def _openvino_rows(options: RunnerOptions, artifacts: list[tuple[Path, dict]], export_dirs: list[Path]) -> list[Runner | SkippedRunner]:
+    """OpenVINO rows from the export's ONNX files: FP32 (f32), BF16 (the FP32 file at bf16 inference
+    precision, where the CPU has it; when --precision names bf16) and each int8 Q/DQ file.
+
+    Without the openvino package the rows are skipped when every backend was asked for (the default),
+    and the command ends with exit 2 and the install line when openvino was named in --backend.
+    """
+    if not openvino_installed():
+        if set(options.backends) != set(BACKENDS):
+            raise MissingDependencyError("openvino", OPENVINO_INSTALL, "--backend openvino")
+        return [SkippedRunner("openvino", "openvino", "fp32", "cpu", f"openvino is not installed ({OPENVINO_INSTALL})")]
+    wanted = set(options.precisions)
+    if not export_dirs:
+        return [SkippedRunner("openvino", "openvino", "fp32", "cpu", "no export directory given (--export exports/RUN)")]
+    onnx_files = [(d, a) for d, a in artifacts if a.get("kind") == "onnx"]
+    fp32 = [(d, a) for d, a in onnx_files if a.get("precision") == "fp32"][:1]
+    # bf16 runs the FP32 file at bf16 inference precision (activation skips it where the CPU lacks bf16).
+    # Only when --precision names it: the default run (all) compares like with like, and its bf16 rows
+    # would be gated at FP16's 99.9 % agreement, which a bf16 CPU run is not built to meet.
+    float_precisions = ["fp32"] + (["bf16"] if "bf16" in wanted and wanted != set(PRECISIONS) else [])
+    plan = [(d, a, precision) for precision in float_precisions if precision in wanted for d, a in fp32]
+    plan += [(d, a, "int8") for d, a in onnx_files if a.get("precision") == "int8" and "int8" in wanted]
+    if not plan:
+        names = ", ".join(str(d) for d in export_dirs)
+        return [SkippedRunner("openvino", "openvino", "fp32", "cpu", f"{names} has no ONNX file OpenVINO runs for precision {', '.join(sorted(wanted))}")]
+    rows = []
+    for export_dir, artifact, precision in plan:
+        path = _resolve(export_dir, artifact["path"])
+        _check_hash(path, artifact.get("sha256"))
+        rows.append(OpenVinoRunner(path, precision=precision, threads=options.threads, hint=options.ov_hint,
+                                   scheme=artifact.get("scheme"), sha256=artifact.get("sha256")))
+    _name_duplicates_by_scheme(rows)
+    return rows
+
+
+def _name_duplicates_by_scheme(rows: list) -> None:
+    """Two files read as the same int8 scheme: keep both, named by their export scheme."""
+    names = [r.name for r in rows]
+    for row in rows:
+        if names.count(row.name) > 1 and row.scheme:
+            row.name = f"{row.name}-{row.scheme}"

@@ -11,7 +11,7 @@ ONNX file, a TensorRT engine, ... The benchmark treats them all alike::
 Attributes every runner has:
 
 ``name``        unique row name in results, e.g. ``onnxruntime-int8-u8s8``
-``backend``     ``pytorch`` | ``onnxruntime`` | ``tensorrt``
+``backend``     ``pytorch`` | ``onnxruntime`` | ``tensorrt`` | ``openvino``
 ``precision``   ``fp32`` | ``fp16`` | ``bf16`` | ``int8``
 ``device``      ``cpu`` | ``cuda:N``
 ``input_name``  the model input's name (``input`` for ONNX/TensorRT artifacts of resnet-deploy)
@@ -35,7 +35,8 @@ import numpy as np
 
 from ..errors import UserError
 
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
+# The one list of backend names: bench --backend, RunnerOptions and the results schema read it.
+BACKENDS = ("pytorch", "onnxruntime", "tensorrt", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 

@@ -9,11 +9,10 @@ import click
 from click.core import ParameterSource
 
 from .. import progress
+from ..backends.base import BACKENDS, PRECISIONS
+from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
 from .options import CHECKPOINT, dataset_options, echo_json, parse_int_list
-
-_ALL_BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
-_ALL_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
 def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
@@ -29,17 +28,19 @@ def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str
 def bench_options(func):
     """Options shared by ``bench`` and ``pipeline`` (how to measure and gate)."""
     decorators = [
-        click.option("--backend", "backends", default="all", show_default=True, help="Comma list of pytorch, onnxruntime, tensorrt, or all. FP32 PyTorch eager always runs: it is the baseline."),
-        click.option("--precision", "precisions", default="all", show_default=True, help="Comma list of fp32, fp16, bf16, int8, or all."),
+        click.option("--backend", "backends", default="all", show_default=True, help=f"Comma list of {', '.join(BACKENDS)}, or all. FP32 PyTorch eager always runs: it is the baseline."),
+        click.option("--precision", "precisions", default="all", show_default=True, help=f"Comma list of {', '.join(PRECISIONS)}, or all."),
         click.option("--batch-sizes", default="1,8,32,128,256", show_default=True, help="Batch sizes of the latency sweep."),
         click.option("--accuracy-batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Batch size of the accuracy pass (capped at an engine's max batch)."),
         click.option("--copies/--no-copies", "include_copies", default=True, show_default=True, help="Time host->device input and device->host output copies on GPU rows."),
         click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch FP32/FP16/BF16 rows: cpu, cuda, cuda:N."),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch and ONNX Runtime intra-op [physical cores]."),
+        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch, ONNX Runtime intra-op and OpenVINO [physical cores]."),
         click.option("--compile", "compile_", is_flag=True, help="Add a torch.compile FP32 row (compiles once per batch size)."),
         click.option("--channels-last", is_flag=True, help="NHWC memory format for PyTorch rows."),
         click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider."),
         click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True, help="ONNX Runtime graph optimization level."),
+        click.option("--ov-hint", type=click.Choice(PERFORMANCE_HINTS), default="latency", show_default=True,
+                     help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (several streams; each batch is split across one infer request per stream)."),
         click.option("--cuda-graph", is_flag=True, help="Capture TensorRT enqueues in CUDA graphs."),
         click.option("--no-accuracy", is_flag=True, help="Skip the accuracy pass (latency only; --verify needs it)."),
         click.option("--no-latency", is_flag=True, help="Skip the latency sweep (accuracy only)."),
@@ -67,8 +68,8 @@ def make_bench_config(options: dict):
         raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     device_id = int(device.split(":")[1]) if ":" in device else 0
     runner_options = RunnerOptions(
-        backends=_parse_choices(options.pop("backends"), "--backend", _ALL_BACKENDS),
-        precisions=_parse_choices(options.pop("precisions"), "--precision", _ALL_PRECISIONS),
+        backends=_parse_choices(options.pop("backends"), "--backend", BACKENDS),
+        precisions=_parse_choices(options.pop("precisions"), "--precision", PRECISIONS),
         device=device if device != "cuda" else "cuda:0",
         threads=options.pop("threads"),
         compile=options.pop("compile_"),
@@ -77,6 +78,7 @@ def make_bench_config(options: dict):
         graph_optimization=options.pop("graph_optimization"),
         cuda_graph=options.pop("cuda_graph"),
         device_id=device_id,
+        ov_hint=options.pop("ov_hint"),
     )
     settings = BenchSettings(
         batch_sizes=parse_int_list(options.pop("batch_sizes"), "--batch-sizes"),
