@@ -13,7 +13,9 @@ Why the steps are in this order:
    PT2E int8 models (their Q/DQ ops become QuantizeLinear/DequantizeLinear).
 3. onnxsim (onnxslim when onnxsim is not installed) simplifies the graph; for Q/DQ graphs the number
    of Q/DQ nodes must not change (weight DequantizeLinear nodes are what makes TensorRT run int8).
-4. ``onnx.checker.check_model(full_check=True)`` (which includes strict shape inference) and our own
+4. ``cpu``-scheme int8 only: the classifier's float bias becomes DequantizeLinear(int32), exactly (it
+   is on the int32 grid), so ONNX Runtime fuses the FC into QGemm (``qdq.int32_linear_biases``).
+5. ``onnx.checker.check_model(full_check=True)`` (which includes strict shape inference) and our own
    checks: the I/O names, no training-only ops left.
 """
 
@@ -245,6 +247,10 @@ def export_onnx(
     simplifier = None
     if simplify:
         model_proto, simplifier = simplify_model(model_proto, keep_qdq=info.precision == "int8")
+    if info.precision == "int8" and info.scheme == "cpu":
+        from .qdq import int32_linear_biases
+
+        int32_linear_biases(model_proto)  # the FC then runs as one QGemm in ONNX Runtime
     _set_metadata(model_proto, info)
     with atomic_path(path) as tmp:
         onnx.save_model(model_proto, str(tmp))

@@ -9,6 +9,11 @@ ONNX Runtime on x86 (``cpu`` scheme) runs a convolution with int8 kernels when t
 DQ(uint8 activation) and DQ(int8 weight) -> Conv -> Q: its graph optimiser fuses that into
 ``QLinearConv``. ``ort_int8_kernels`` asks ONNX Runtime for its optimised graph and counts what it
 actually fused, so "int8 on CPU" is measured, not assumed.
+
+The classifier is the exception: ONNX Runtime's Gemm fusion (DQ, DQ -> Gemm -> QGemm) takes a bias
+only as DequantizeLinear(int32), not the float bias the PyTorch exporter writes, so the FC ran as
+DequantizeLinear + float Gemm. ``int32_linear_biases`` rewrites that bias for the ``cpu`` scheme
+(exactly: quantize puts it on the int32 grid), and the FC runs as one QGemm with float logits.
 """
 
 from __future__ import annotations
@@ -138,30 +143,114 @@ def qdq_problems(path: str | os.PathLike, scheme: str) -> list[str]:
     return qdq_problems_of(analyse_qdq(onnx.load(str(path))), scheme)
 
 
+def int32_linear_biases(model_proto) -> int:
+    """Give each quantized Gemm (both inputs from DequantizeLinear) its float bias as
+    DequantizeLinear(int32 units, x_scale * w_scale), the form ONNX Runtime fuses into QGemm, in place.
+
+    Exact for a bias on the int32 grid (the quantize stage snaps every quantized layer's bias to it);
+    a bias off the grid, or a Gemm with alpha/beta other than 1, is left as it is. Only for the
+    ``cpu`` scheme: TensorRT's parser rejects int32 bias DequantizeLinear. Returns how many changed.
+    """
+    from onnx import helper, numpy_helper
+
+    values = _constants(model_proto)
+    producers = {out: node for node in model_proto.graph.node for out in node.output}
+    rewritten = 0
+    for node in list(model_proto.graph.node):
+        dequantized = _dequantized_inputs(node, producers, values)
+        if dequantized is None or not _is_plain_gemm(node):
+            continue
+        x_dq, w_dq = dequantized
+        bias = values[node.input[2]]
+        if not _bias_on_grid(bias, x_dq, w_dq, values):
+            continue
+        step = (np.float64(values[x_dq.input[1]]) * values[w_dq.input[1]].astype(np.float64).reshape(-1)) * np.ones(bias.shape)
+        units = np.round(bias.astype(np.float64) / step).astype(np.int32)
+        prefix = f"{node.name or node.output[0]}_bias"
+        model_proto.graph.initializer.extend([
+            numpy_helper.from_array(units, f"{prefix}_int32"), numpy_helper.from_array(step.astype(np.float32), f"{prefix}_scale"),
+        ])
+        old_bias, node.input[2] = node.input[2], f"{prefix}_dq"
+        dequantize = helper.make_node("DequantizeLinear", [f"{prefix}_int32", f"{prefix}_scale"], [f"{prefix}_dq"], name=f"{prefix}_dq", axis=0)
+        model_proto.graph.node.insert(list(model_proto.graph.node).index(node), dequantize)  # keeps topological order
+        _drop_unused_initializer(model_proto.graph, old_bias)
+        rewritten += 1
+    return rewritten
+
+
+def _dequantized_inputs(node, producers: dict, values: dict):
+    """(activation DQ, weight DQ) of a Gemm with a constant float bias, else None."""
+    if node.op_type != "Gemm" or len(node.input) < 3 or node.input[2] not in values:
+        return None
+    sources = [producers.get(name) for name in node.input[:2]]
+    if not all(src is not None and src.op_type == "DequantizeLinear" for src in sources):
+        return None
+    if values[node.input[2]].dtype != np.float32:
+        return None
+    return sources[0], sources[1]
+
+
+def _is_plain_gemm(node) -> bool:
+    """alpha = beta = 1 and no transposed A: the bias is added as it is to A @ B(^T)."""
+    attributes = {a.name: a for a in node.attribute}
+    alpha = attributes["alpha"].f if "alpha" in attributes else 1.0
+    beta = attributes["beta"].f if "beta" in attributes else 1.0
+    trans_a = attributes["transA"].i if "transA" in attributes else 0
+    return alpha == 1.0 and beta == 1.0 and trans_a == 0
+
+
+def _drop_unused_initializer(graph, name: str) -> None:
+    if any(name in node.input for node in graph.node) or any(output.name == name for output in graph.output):
+        return
+    kept = [init for init in graph.initializer if init.name != name]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def ort_optimized_model(path: str | os.PathLike, level: str = "all"):
+    """The graph ONNX Runtime's CPU provider actually runs (``SessionOptions.optimized_model_filepath``)
+    at graph optimisation ``level`` ("basic", "extended" or "all"), as a ModelProto."""
+    import onnx
+    import onnxruntime as ort
+
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    with tempfile.TemporaryDirectory(prefix="resnet-deploy-ort-") as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        options = ort.SessionOptions()
+        options.graph_optimization_level = levels[level]
+        options.optimized_model_filepath = str(optimized)
+        options.intra_op_num_threads = 1  # only the graph is wanted: no thread pool
+        options.log_severity_level = 3
+        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return onnx.load(str(optimized))
+
+
 def ort_int8_kernels(path: str | os.PathLike) -> dict:
     """Let ONNX Runtime (CPU, all optimisations) optimise the model and count what runs as int8.
 
     Returns counts of the optimised graph: ``qlinear_conv`` (convolutions fused to int8 kernels),
-    ``float_conv`` (convolutions left in float: Conv, FusedConv, NCHWc Conv), other QLinear* ops, and
-    the Q/DQ nodes left over (each is a float<->int8 conversion at run time).
+    ``float_conv`` (convolutions left in float: Conv, FusedConv, NCHWc Conv), other QLinear* ops,
+    ``qgemm`` / ``float_gemm`` (the classifier as one int8 QGemm or as a float Gemm/MatMul),
+    ``float_add`` (residual adds left in float, each a DQ/Add/ReLU round trip), the Q/DQ nodes left
+    over (each a float<->int8 conversion at run time) and ``nodes``, all the nodes ORT runs.
     """
-    import onnx
     import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="resnet-deploy-ort-") as tmp:
-        optimized = Path(tmp) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.optimized_model_filepath = str(optimized)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        model_proto = onnx.load(str(optimized))
+    model_proto = ort_optimized_model(path, "all")
     ops = Counter(node.op_type for node in model_proto.graph.node)
     return {
         "qlinear_conv": ops.get("QLinearConv", 0),
         "float_conv": ops.get("Conv", 0) + ops.get("FusedConv", 0),
         "other_qlinear": {op: n for op, n in sorted(ops.items()) if op.startswith("QLinear") and op != "QLinearConv"},
+        "qgemm": ops.get("QGemm", 0),
+        "float_gemm": ops.get("Gemm", 0) + ops.get("FusedGemm", 0) + ops.get("MatMul", 0),
+        "float_add": ops.get("Add", 0),
         "quantize_linear_left": ops.get("QuantizeLinear", 0),
         "dequantize_linear_left": ops.get("DequantizeLinear", 0),
+        "nodes": len(model_proto.graph.node),
         "onnxruntime": ort.__version__,
     }
