@@ -41,7 +41,11 @@ SCHEMES = ("cpu", "tensorrt")
 # one Q/DQ file and fail for a file with one weight tensor flipped (test_int8_bounds_catch_a_wrong_model).
 INT8_MIN_AGREEMENT = 99.0  # % top-1, OpenVINO vs ONNX Runtime
 INT8_MAX_DIFF_FRACTION = 0.1  # max |logit diff| over the largest |logit|
-INT8_MIN_REFERENCE_AGREEMENT = 99.5  # % top-1 against the PyTorch int8 model (the export's own gate)
+# % top-1 against the PyTorch int8 model (the export's own gate). Holds on the synthetic model here; on
+# the shipped ResNet20 (1,000 CIFAR-10 test images) OpenVINO reached only 99.0 % (cpu) / 98.9 % (tensorrt)
+# where ONNX Runtime reached 100 %: the CPU plugin fuses each residual Add into the convolution before
+# it, and its logits sit closer to FP32 (99.4 % agreement) than the int8 model's own (98.6 %).
+INT8_MIN_REFERENCE_AGREEMENT = 99.5
 
 
 @pytest.fixture(scope="module")
