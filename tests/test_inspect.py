@@ -197,6 +197,25 @@ def test_onnx_runtime_taps_change_nothing(clean_run):
     assert naive["fusions_unchanged"] == (naive["kernels_before"] == naive["kernels_after"])
 
 
+def test_taps_know_onnx_runtimes_layouts(clean_run):
+    """ONNX Runtime runs QLinearConv channels-last between Transposes: the tensor a QLinearConv reads is
+    NHWC, and every tap (read where the Transpose back has made it NCHW) is NCHW."""
+    from resnet_deploy.export.qdq import ort_optimized_model
+    from resnet_deploy.inspect.ort_taps import _channels_last, locate
+
+    _, record, _ = clean_run
+    original = OnnxGraph(onnx.load(record["onnx"]["path"]))
+    optimised = OnnxGraph(ort_optimized_model(record["onnx"]["path"], "all"))
+    qlinear = [node for node in optimised.nodes if node.op_type == "QLinearConv"]
+    assert qlinear and all(_channels_last(optimised, node.input[0]) for node in qlinear)
+    from resnet_deploy.inspect.layers import Layer
+
+    for entry in record["layers"]:
+        layer = Layer(entry["name"], entry["kind"], entry["inputs"], "", "", "", entry["onnx"]["nodes"], entry["onnx"]["output"])
+        tap = locate(original, optimised, layer)
+        assert tap is not None and not tap.channels_last, entry["name"]
+
+
 def test_clean_export_diverges_only_by_rounding(clean_run):
     _, record, _ = clean_run
     for layer in record["layers"]:

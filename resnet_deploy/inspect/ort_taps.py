@@ -6,9 +6,8 @@ output (or any extra reader) on a QuantizeLinear next to a convolution makes it 
 instead (measured: all 9 QLinearConv of a ResNet20 fall back to float; ``naive_exposure`` records it
 on every run). The layer outputs would then come from another program than the one deployed.
 
-So the taps go on ONNX Runtime's *optimised* graph: the session is created with the options
-deployment uses (``parity.onnx_session``'s: all optimisations) and saves the graph it will run; the
-observed tensors are added as outputs of that graph, which is then run with optimisations off, so
+So the taps go on ONNX Runtime's *optimised* graph (``qdq.ort_optimized_model`` at the level deployment
+uses, ``parity.onnx_session``'s: all optimisations); the observed tensors are added as outputs of that graph, which is then run with optimisations off, so
 nothing is fused, renamed or re-laid-out again. ``check_exposure`` asserts the logits are bit-exact
 with the ordinary session's.
 
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 
 from ..export.parity import compare_logits, onnx_session
-from ..export.qdq import ort_int8_kernels
+from ..export.qdq import ort_int8_kernels, ort_optimized_model
 from .graph import GRAPH_INPUT, OnnxGraph
 from .layers import Layer
 from .taps import Observation
@@ -46,21 +45,7 @@ class Tap:
     tensor: str
     scale: float | None = None
     zero_point: int = 0
-
-
-def _optimised_model(onnx_path: str | os.PathLike, saved: Path, threads: int | None):
-    """The graph ONNX Runtime runs for ``onnx_path`` with deployment's options (``parity.onnx_session``'s)."""
-    import onnx
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(saved)
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    ort.InferenceSession(str(onnx_path), sess_options=options, providers=["CPUExecutionProvider"])
-    return onnx.load(str(saved))
+    channels_last: bool = False  # ONNX Runtime keeps it NHWC (its layout transformer's int8 kernels)
 
 
 def _unoptimised_session(path: Path, threads: int | None):
@@ -97,6 +82,26 @@ def _as_grid(scale, zero_point) -> tuple[float | None, int]:
     return float(np.asarray(scale).reshape(-1)[0]), int(np.asarray(zero_point).reshape(-1)[0]) if zero_point is not None else 0
 
 
+_NHWC_FROM_NCHW = [0, 2, 3, 1]
+_LAYOUT_FIXING_OPS = ("Conv", "FusedConv", "QLinearConv", "Gemm", "QGemm", "MatMul", "ReduceMean", "GlobalAveragePool")
+
+
+def _channels_last(graph: OnnxGraph, tensor: str) -> bool:
+    """Is ``tensor`` NHWC? Walk back through layout-preserving ops to the op that fixed its layout: a
+    Transpose, an op with ``channels_last=1``, or an NCHW op (or the NCHW graph input)."""
+    producer = graph.producer.get(tensor)
+    while producer is not None:
+        if any(a.name == "channels_last" and a.i for a in producer.attribute):
+            return True
+        if producer.op_type == "Transpose":
+            return next((list(a.ints) for a in producer.attribute if a.name == "perm"), None) == _NHWC_FROM_NCHW
+        inputs = graph.computed_inputs(producer)
+        if producer.op_type in _LAYOUT_FIXING_OPS or not inputs:
+            return False
+        producer = graph.producer.get(inputs[0])
+    return False
+
+
 def _nchw(graph: OnnxGraph, tensor: str) -> str:
     """The NCHW copy of an NHWC tensor, when its sole reader is the Transpose back."""
     reader = graph.sole_consumer(tensor)
@@ -128,7 +133,7 @@ def locate(original: OnnxGraph, optimised: OnnxGraph, layer: Layer) -> Tap | Non
             found = _nchw(optimised, fused.output[0]) if fused is not None else None
     if found is None:
         return None
-    return Tap(found, *_grid(optimised, found))
+    return Tap(found, *_grid(optimised, found), channels_last=_channels_last(optimised, found))
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -158,7 +163,7 @@ class OnnxTaps:
         import onnx
 
         self.onnx_path, self.threads = Path(onnx_path), threads
-        optimised = OnnxGraph(_optimised_model(onnx_path, Path(workdir) / "optimised.onnx", threads))
+        optimised = OnnxGraph(ort_optimized_model(onnx_path, "all"))  # deployment's level: parity.onnx_session's
         self.kernels = dict(sorted(Counter(node.op_type for node in optimised.nodes).items()))
         self.taps = {layer.name: locate(graph, optimised, layer) for layer in layers}
         exposed = onnx.ModelProto()
@@ -187,6 +192,8 @@ class OnnxTaps:
             if tap is None:
                 continue
             value = torch.from_numpy(np.ascontiguousarray(values[tap.tensor]))
+            if tap.channels_last and value.dim() == 4:
+                value = value.permute(0, 3, 1, 2).contiguous()
             if tap.scale is None:
                 observed[name] = Observation(value)
             else:
