@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from .options import dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json
 
 
 @click.command("inspect")
-@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.argument("checkpoint", required=False, type=CHECKPOINT)
 @click.option("--int8", "int8_dir", type=click.Path(path_type=Path), help="The `resnet-deploy quantize` artifact of CHECKPOINT.")
 @click.option("--export", "export_dir", type=click.Path(path_type=Path),
               help="An export of that artifact: inspect its int8 ONNX (and engine) [export the int8 ONNX afresh into -o].")
@@ -39,6 +39,7 @@ def inspect_command(checkpoint, int8_dir, export_dir, onnx_path, load_data, outp
     Examples:
       resnet-deploy inspect runs/r20/best.pt --int8 calibration/r20-tensorrt --data-dir DATA -o inspect/r20
       resnet-deploy inspect runs/r20/best.pt --int8 calibration/r20-tensorrt --export exports/r20 --data-dir DATA -o inspect/r20
+      resnet-deploy inspect pretrained:resnet20 --int8 calibration/resnet20-tensorrt --data-dir DATA -o inspect/zoo-r20
       resnet-deploy inspect --lint --export exports/r20
       resnet-deploy inspect --lint --onnx exports/r20/model-int8-tensorrt.onnx --compute-capability 8.6
     """
