@@ -367,7 +367,9 @@ def train(
     def payload(epoch: int, step: int) -> dict:
         return {
             "model": spec.to_dict(),
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            # contiguous(): a channels_last run's weights are stored in the standard layout, so a
+            # checkpoint's bytes do not depend on the memory format it was trained in.
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
             "normalization": norm.to_dict(),
             "dataset": dataset_info,
             "epoch": epoch,

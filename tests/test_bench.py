@@ -337,7 +337,7 @@ def test_bench_cli_verify_fails_on_a_perturbed_export_and_names_the_row(trained,
     onnx_path = export_dir / "model-fp32.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_perturbed(loaded.model, 0.05), (torch.randn(2, 3, 32, 32),), str(onnx_path), dynamo=True,
+        torch.onnx.export(_perturbed(loaded.model, 0.3), (torch.randn(2, 3, 32, 32),), str(onnx_path), dynamo=True,
                           input_names=["input"], output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
     write_json(export_dir / "manifest.json", {
         "format": "resnet-deploy/export", "version": 1, "checkpoint": {"path": str(checkpoint), "sha256": loaded.sha256},
