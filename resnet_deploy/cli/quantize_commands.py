@@ -9,10 +9,8 @@ from pathlib import Path
 import click
 
 from ..errors import UserError
+from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
 from .options import CHECKPOINT, dataset_options, echo_json
-
-TARGETS = ("tensorrt", "cpu")
-METHODS = ("minmax", "ema", "percentile", "entropy", "mse")
 
 
 def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
@@ -28,10 +26,10 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
 @click.option("--target", type=click.Choice(TARGETS), default="tensorrt", show_default=True,
               help="tensorrt: signed int8, symmetric, zero-point 0 (TensorRT's explicit quantization). "
               "cpu: U8S8 (uint8 asymmetric activations, int8 per-channel weights) for x86 int8 kernels / ONNX Runtime.")
-@click.option("--method", type=click.Choice(METHODS), default="entropy", show_default=True,
+@click.option("--method", type=click.Choice(METHODS), default=DEFAULT_METHOD, show_default=True,
               help="Activation range calibration: minmax, ema (moving-average min-max), percentile, "
               "entropy (TensorRT's KL), mse (expected quantization error).")
-@click.option("--percentile", default=99.99, show_default=True, type=float, help="For --method percentile.")
+@click.option("--percentile", default=DEFAULT_PERCENTILE, show_default=True, type=float, help="For --method percentile.")
 @click.option("--calib-size", default=1000, show_default=True, type=int,
               help="Calibration images, taken deterministically from the TRAINING split (never test).")
 @click.option("--keep-float", default="", help="Comma-separated layers to keep in floating point: "

@@ -34,10 +34,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS  # noqa: F401 (re-exported)
 
-METHODS = ("minmax", "ema", "percentile", "entropy", "mse")
-DEFAULT_METHOD = "entropy"
-DEFAULT_PERCENTILE = 99.99
 EMA_CONSTANT = 0.1
 HISTOGRAM_BINS = 2048
 

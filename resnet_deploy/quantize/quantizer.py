@@ -31,8 +31,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ..errors import UserError
-
-TARGETS = ("tensorrt", "cpu")
+from ..quantize_choices import TARGETS
 
 _aten = torch.ops.aten
 CONV_OPS = {_aten.conv2d.default, _aten.convolution.default}
