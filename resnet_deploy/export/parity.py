@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.fx
 
+from ..compare import compare_logits  # defined there, once; export/__init__ and inspect/ import it from here
 from ..data import Normalization, normalize, to_tensor_images
 
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -95,23 +96,6 @@ def onnx_forward(session) -> Callable[[torch.Tensor], np.ndarray]:
         return session.run(None, {input_name: batch.numpy()})[0]
 
     return forward
-
-
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """max/mean |difference|, difference relative to the largest reference logit, top-1 agreement (%)."""
-    if reference.shape != candidate.shape:
-        raise ValueError(f"logit shapes differ: {reference.shape} vs {candidate.shape}")
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    scale = float(np.abs(reference).max()) or 1.0
-    agree = reference.argmax(1) == candidate.argmax(1)
-    return {
-        "count": int(len(reference)),
-        "max_abs_diff": float(diff.max()),
-        "mean_abs_diff": float(diff.mean()),
-        "max_rel_diff": float(diff.max() / scale),
-        "top1_agreement": float(100.0 * agree.mean()),
-        "disagreements": int((~agree).sum()),
-    }
 
 
 def judge(stats: dict, thresholds: dict[str, float]) -> list[str]:
