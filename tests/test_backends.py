@@ -139,6 +139,47 @@ def test_pytorch_cuda_without_gpu_is_unavailable(model):
         runner.activate()
 
 
+def _tf32_flags() -> tuple[bool, bool]:
+    return bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def test_pytorch_fp32_gpu_runner_pins_tf32_off_and_restores_it(monkeypatch):
+    """torch leaves cuDNN TF32 on, which would make the FP32 GPU baseline a TF32 one: the runner turns
+    both TF32 flags off while active and puts back what it found, also when activation fails. The
+    flags are process-global, so this runs on the CPU: CUDA is reported available and the "model" is a
+    plain callable that nothing moves to a device."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    found = _tf32_flags()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        runner = PyTorchRunner(lambda x: x, device="cuda:0", threads=1)
+        with runner:
+            assert _tf32_flags() == (False, False)
+        assert _tf32_flags() == (True, True)
+
+        def broken_loader():
+            raise RuntimeError("loading failed")
+
+        with pytest.raises(RuntimeError, match="loading failed"):
+            PyTorchRunner(loader=broken_loader, device="cuda:0", threads=1).activate()
+        assert _tf32_flags() == (True, True)
+
+        class TF32Runner(PyTorchRunner):  # a row that means TF32 (benchmarks/gpu_suite.py's pytorch-tf32)
+            tf32 = True
+
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+        with TF32Runner(lambda x: x, name="pytorch-tf32", device="cuda:0", threads=1):
+            assert _tf32_flags() == (True, True)
+        assert _tf32_flags() == (False, False)
+
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        for other in (PyTorchRunner(lambda x: x, precision="fp16", device="cuda:0", threads=1), PyTorchRunner(lambda x: x, threads=1)):
+            with other:  # autocast rows and CPU rows leave the flags alone
+                assert _tf32_flags() == (True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = found
+
+
 def test_onnxruntime_fp32_runner_contract(model, onnx_files):
     runner = OnnxRuntimeRunner(onnx_files["fp32"], threads=1)
     assert (runner.backend, runner.name) == ("onnxruntime", "onnxruntime-fp32")

@@ -23,9 +23,14 @@ class PyTorchRunner(Runner):
     ``model`` may be given directly or through ``loader`` (called in ``activate``) so that heavy loading
     happens only when the runner is used. ``precision`` fp16/bf16 runs the FP32 weights under autocast;
     int8 means the callable is already quantized (see :func:`int8_runner`).
+
+    An FP32 runner on a GPU pins TF32 off (cuDNN convolutions and cuBLAS matmuls) while it is active and
+    puts the flags back on deactivation: torch leaves cuDNN TF32 on by default, which would make the
+    "FP32" baseline a TF32 one. A subclass that means TF32 (a ``pytorch-tf32`` row) sets ``tf32 = True``.
     """
 
     backend = "pytorch"
+    tf32 = False  # the TF32 flags an FP32 GPU runner pins while active
 
     def __init__(
         self,
@@ -53,6 +58,7 @@ class PyTorchRunner(Runner):
         self.artifact = artifact
         self._model: Callable | None = None
         self._saved_threads: int | None = None
+        self._saved_tf32: tuple[bool, bool] | None = None
         if device.startswith("cuda") and precision == "int8":
             raise UserError("PyTorch int8 runs on the CPU (x86 lowering); use TensorRT for int8 on a GPU")
         if precision == "fp16" and not device.startswith("cuda"):
@@ -63,6 +69,15 @@ class PyTorchRunner(Runner):
             raise BackendUnavailable(f"PyTorch on {self.device} needs a CUDA GPU; torch.cuda.is_available() is False here")
         self._saved_threads = torch.get_num_threads()
         torch.set_num_threads(self.threads)
+        if self.precision == "fp32" and self.device.startswith("cuda"):
+            self._saved_tf32 = _set_tf32(self.tf32)
+        try:
+            self._model = self._load_model()
+        except BaseException:
+            self._restore_global_settings()  # a failed activation is never deactivated: undo it here
+            raise
+
+    def _load_model(self) -> Callable:
         model = self._model_arg if self._model_arg is not None else self._loader()
         if isinstance(model, torch.nn.Module):
             model = model.eval().to(self.device)
@@ -71,14 +86,22 @@ class PyTorchRunner(Runner):
         if self.compile:
             # Static shapes: one graph per batch size, compiled during warm-up; "dynamic" would cost speed.
             model = torch.compile(model, dynamic=False)
-        self._model = model
+        return model
 
     def _deactivate(self) -> None:
         self._model = None
-        if self._saved_threads is not None:
-            torch.set_num_threads(self._saved_threads)
+        self._restore_global_settings()
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+    def _restore_global_settings(self) -> None:
+        """Put back torch's thread count and TF32 flags as activation found them."""
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+        if self._saved_tf32 is not None:
+            _restore_tf32(self._saved_tf32)
+            self._saved_tf32 = None
 
     def _prepare(self, batch: Any) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
@@ -117,6 +140,21 @@ class PyTorchRunner(Runner):
         if self.artifact:
             info["artifact"] = self.artifact
         return info
+
+
+def _set_tf32(enabled: bool) -> tuple[bool, bool]:
+    """Set TF32 for cuDNN convolutions and cuBLAS matmuls; returns the previous (cudnn, matmul) flags.
+
+    The legacy ``allow_tf32`` flags, as benchmarks/gpu_suite.py uses: torch's newer per-op
+    ``fp32_precision`` settings, mixed with readers of the old flags, raise on torch 2.14."""
+    previous = (bool(torch.backends.cudnn.allow_tf32), bool(torch.backends.cuda.matmul.allow_tf32))
+    torch.backends.cudnn.allow_tf32 = enabled
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    return previous
+
+
+def _restore_tf32(previous: tuple[bool, bool]) -> None:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 def fp32_runner(model: torch.nn.Module, device: str = "cpu", **options) -> PyTorchRunner:
