@@ -16,7 +16,6 @@ It loads with ``torch.load(weights_only=True)``, so a checkpoint from elsewhere 
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from .data import Normalization
 from .errors import UserError
 from .fileio import sha256_file, torch_load_safe, torch_save_atomic
 from .models import CifarResNet, ModelSpec, build_model
+from .validation import is_dict_list, is_int, is_number, is_str_list, model_spec_problems, normalization_ok
 
 FORMAT = "resnet-deploy/checkpoint"
 VERSION = 1
@@ -116,18 +116,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     version = raw.get("version", 0)
     if not isinstance(version, int) or version > VERSION:
         raise UserError(f"{path} was written by a newer resnet-deploy (format version {version!r})")
-    problems = []
-    if not isinstance(raw.get("model"), dict) or not isinstance(raw["model"].get("name"), str):
-        problems.append("'model' is not a model spec")
-    elif not isinstance(raw["model"].get("num_classes"), int) or isinstance(raw["model"].get("num_classes"), bool):
-        problems.append("'model.num_classes' is not an integer")
+    problems = model_spec_problems(raw.get("model"))
     state_dict = raw.get("state_dict")
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    if not isinstance(state_dict, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) and v.layout == torch.strided for k, v in state_dict.items()
+    ):
         problems.append("'state_dict' is not a dict of tensors")
-    if not _valid_normalization(raw.get("normalization")):
+    if not normalization_ok(raw.get("normalization")):
         problems.append("'normalization' is not {mean: 3 numbers, std: 3 positive numbers}")
-    if not isinstance(raw.get("dataset"), dict):
+    dataset = raw.get("dataset")
+    if not isinstance(dataset, dict):
         problems.append("'dataset' is not a dict")
+    else:
+        if "classes" in dataset and not is_str_list(dataset["classes"]):
+            problems.append("'dataset.classes' is not a list of class names")
+        if not isinstance(dataset.get("name", ""), str):
+            problems.append("'dataset.name' is not a string")
+    problems += _training_state_problems(raw)
     if problems:
         raise UserError(f"checkpoint {path} is malformed: {'; '.join(problems)}")
     stored = raw.get(DIGEST_KEY)  # absent in checkpoints written before it was added, or by hand
@@ -137,32 +142,21 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
             "(a damaged copy or a flipped bit)",
             hint="use another copy, or the run's last.pt/best.pt",
         )
+    _check_weights_fit(raw, path)
     return raw
 
 
-def _valid_normalization(value: Any) -> bool:
-    if not isinstance(value, dict):
-        return False
+def _check_weights_fit(raw: dict, path: str | os.PathLike) -> ModelSpec:
+    """The weights must be those of the model the spec names: same names, shapes and kind of dtype,
+    all finite. The model is built on the meta device (no memory), so a crafted spec (say 10**9
+    classes) is refused before a single byte is allocated for it; ``--resume`` reads checkpoints
+    through here too, so its ``load_state_dict`` never meets weights that do not fit."""
+    spec = ModelSpec.from_dict(raw["model"])
     try:
-        mean = [float(v) for v in value["mean"]]
-        std = [float(v) for v in value["std"]]
-    except (KeyError, TypeError, ValueError):
-        return False
-    return len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and all(v > 0 for v in std)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
-    """Rebuild the model of a checkpoint in eval mode, checking the weights fit the architecture."""
-    path = Path(path)
-    raw = read_checkpoint(path)
-    try:
-        spec = ModelSpec.from_dict(raw["model"])
-    except TypeError as exc:
-        raise UserError(f"checkpoint {path} has a malformed model spec {raw['model']!r}") from exc
-    # Build on the meta device first (no memory) and compare names and shapes, so a crafted spec
-    # (say 10**9 classes) is refused before a single byte is allocated for it.
-    with torch.device("meta"):
-        skeleton = build_model(spec)
+        with torch.device("meta"):
+            skeleton = build_model(spec)
+    except (RuntimeError, ValueError, OverflowError, TypeError) as exc:
+        raise UserError(f"checkpoint {path} has a model spec no model can be built from ({raw['model']!r}): {exc}") from exc
     expected = skeleton.state_dict()
     missing, unexpected = _compare_keys(expected, raw["state_dict"])
     if missing or unexpected:
@@ -176,8 +170,51 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedModel
                 f"checkpoint {path} does not fit model {spec.display_name} with {spec.num_classes} classes: "
                 f"{key} has shape {tuple(tensor.shape)}, the model needs {tuple(expected[key].shape)}"
             )
+        if tensor.is_complex() or tensor.is_floating_point() != expected[key].is_floating_point():
+            raise UserError(f"checkpoint {path}: {key} is a {tensor.dtype} tensor, the model needs {expected[key].dtype}")
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise UserError(f"checkpoint {path} holds NaN or infinite values in {key} (a diverged training run?)")
+    return spec
+
+
+def _training_state_problems(raw: dict) -> list[str]:
+    """The training state ``--resume`` reads, when present: counters, history and the config. A crafted
+    or damaged one is refused here, with the field named, not deep inside the resumed run."""
+    problems = []
+    for key in ("epoch", "step"):
+        if key in raw and not is_int(raw[key], 0):
+            problems.append(f"'{key}' is not a whole number >= 0")
+    for key in ("optimizer", "scheduler", "scaler", "partial"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            problems.append(f"'{key}' is not a dict")
+    if "history" in raw and not is_dict_list(raw["history"]):
+        problems.append("'history' is not a list of per-epoch records")
+    if not is_number(raw.get("best_accuracy", 0.0)):
+        problems.append("'best_accuracy' is not a finite number")
+    if "train_config" in raw:
+        problem = _train_config_problem(raw["train_config"])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _train_config_problem(config: Any) -> str | None:
+    from .train_config import TrainConfig
+
+    if not isinstance(config, dict) or not all(isinstance(key, str) for key in config):
+        return "'train_config' is not a dict"
+    try:
+        TrainConfig.from_dict(config).validate()
+    except (UserError, TypeError, ValueError) as exc:
+        return f"'train_config' is not a valid training configuration ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    return None
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedModel:
+    """Rebuild the model of a checkpoint in eval mode, checking the weights fit the architecture."""
+    path = Path(path)
+    raw = read_checkpoint(path)  # validated: fields, digest, and weights that fit the spec
+    spec = ModelSpec.from_dict(raw["model"])
     model = build_model(spec)
     try:
         model.load_state_dict(raw["state_dict"])

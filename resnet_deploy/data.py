@@ -36,8 +36,11 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".ppm")
 
 # Limits for archives from elsewhere: CIFAR-sized data is ~200 MB decoded; a declared size far past
-# that is a decompression bomb or the wrong file. Override with RESNET_DEPLOY_MAX_ARCHIVE_BYTES.
-MAX_ARCHIVE_BYTES = int(os.environ.get("RESNET_DEPLOY_MAX_ARCHIVE_BYTES", str(4 << 30)))
+# that is a decompression bomb or the wrong file. Override with RESNET_DEPLOY_MAX_ARCHIVE_BYTES (read
+# when an archive is read, not at import: a bad value must be a message, not a traceback on every command).
+MAX_ARCHIVE_BYTES = 4 << 30
+MAX_ARCHIVE_BYTES_ENV = "RESNET_DEPLOY_MAX_ARCHIVE_BYTES"
+CACHE_ENV = "RESNET_DEPLOY_CACHE"
 MAX_MEMBER_BYTES = 64 << 20
 MAX_MEMBERS = 2_000_000
 
@@ -189,7 +192,30 @@ def calibration_indices(num_train: int, size: int, seed: int = 2016) -> np.ndarr
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("RESNET_DEPLOY_CACHE", Path.home() / ".cache" / "resnet-deploy"))
+    """$RESNET_DEPLOY_CACHE, else ~/.cache/resnet-deploy. An empty or blank value counts as unset
+    (``Path("")`` is the current folder: the cache would land wherever the command runs)."""
+    value = os.environ.get(CACHE_ENV, "")
+    if not value.strip():
+        return Path.home() / ".cache" / "resnet-deploy"
+    return Path(value).expanduser()
+
+
+def max_archive_bytes() -> int:
+    """The total declared size an archive may have: $RESNET_DEPLOY_MAX_ARCHIVE_BYTES (a positive whole
+    number of bytes; ``_`` separators allowed), else ``MAX_ARCHIVE_BYTES``."""
+    value = os.environ.get(MAX_ARCHIVE_BYTES_ENV, "").strip()
+    if not value:
+        return MAX_ARCHIVE_BYTES
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = None
+    if limit is None or limit <= 0:
+        raise UserError(
+            f"environment variable {MAX_ARCHIVE_BYTES_ENV}={value!r} is not a positive whole number of bytes",
+            hint=f"e.g. {MAX_ARCHIVE_BYTES_ENV}={8 << 30} for 8 GiB, or unset it for the default ({MAX_ARCHIVE_BYTES >> 30} GiB)",
+        )
+    return limit
 
 
 def load_dataset(
@@ -422,15 +448,16 @@ def _archive_members(archive: Path) -> Iterator[tuple[PurePosixPath, "callable"]
     """
     declared_total = 0
     count = 0
+    limit = max_archive_bytes()
 
     def account(name: str, size: int) -> None:
         nonlocal declared_total, count
         declared_total += size
         count += 1
-        if size > MAX_MEMBER_BYTES or declared_total > MAX_ARCHIVE_BYTES or count > MAX_MEMBERS:
+        if size > MAX_MEMBER_BYTES or declared_total > limit or count > MAX_MEMBERS:
             raise UserError(
                 f"archive {archive} was refused: its contents exceed the size limit "
-                f"({MAX_ARCHIVE_BYTES / 2**30:.1f} GiB in all, {MAX_MEMBER_BYTES >> 20} MiB a file, {MAX_MEMBERS} files) "
+                f"({limit / 2**30:.1f} GiB in all, {MAX_MEMBER_BYTES >> 20} MiB a file, {MAX_MEMBERS} files) "
                 f"at member {name!r} (a decompression bomb or the wrong file)",
                 hint="raise RESNET_DEPLOY_MAX_ARCHIVE_BYTES if the archive is genuine",
             )

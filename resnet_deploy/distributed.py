@@ -54,6 +54,7 @@ from .train import DistributedContext, TrainConfig, resolve_device
 
 FAULT_ENV = "RESNET_DEPLOY_FAULT"
 TIMEOUT_ENV = "RESNET_DEPLOY_DIST_TIMEOUT_S"
+MAX_TIMEOUT_S = 366 * 24 * 3600
 _TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -193,9 +194,9 @@ def _init_process_group(backend: str, rank: int, world_size: int, restart_count:
     plain ``env://`` path is used (see docs/distributed.md: TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1).
     """
     options: dict[str, Any] = {"backend": backend, "rank": rank, "world_size": world_size}
-    timeout_s = _int_env(TIMEOUT_ENV)
-    if timeout_s > 0:
-        options["timeout"] = datetime.timedelta(seconds=timeout_s)
+    timeout = timeout_from_environment()
+    if timeout is not None:
+        options["timeout"] = timeout
     if backend == "nccl":
         options["device_id"] = device  # binds the communicator eagerly to this process's GPU
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("GROUP_WORLD_SIZE") == "1":
@@ -210,6 +211,15 @@ def _init_process_group(backend: str, rank: int, world_size: int, restart_count:
     else:
         options["init_method"] = "env://"
     torch_dist.init_process_group(**options)
+
+
+def timeout_from_environment() -> datetime.timedelta | None:
+    """The collective-operation timeout ``RESNET_DEPLOY_DIST_TIMEOUT_S`` asks for (0 or unset: torch's
+    default). A value ``datetime.timedelta`` cannot hold (near 10**14 s) is refused, not a traceback."""
+    timeout_s = _int_env(TIMEOUT_ENV)
+    if timeout_s > MAX_TIMEOUT_S:
+        raise UserError(f"environment variable {TIMEOUT_ENV}={timeout_s} is more than {MAX_TIMEOUT_S} s (about a year)")
+    return datetime.timedelta(seconds=timeout_s) if timeout_s > 0 else None
 
 
 def _int_env(name: str, default: int = 0) -> int:

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from . import progress
 from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file, write_json
+from .validation import is_text
 from .zoo import pretrained_name, read_registry
 
 STATE_FORMAT = "resnet-deploy/pipeline"
@@ -157,11 +158,9 @@ class _State:
         self.previous: dict[str, dict] = {}
         if path.is_file() and not force:
             try:
-                data = read_json(path, "pipeline state")
-                if data.get("format") == STATE_FORMAT:
-                    self.previous = {stage["name"]: stage for stage in data.get("stages", [])}
-            except UserError:
-                progress.info(f"pipeline state {path} is unreadable; redoing every stage")
+                self.previous = _read_state(path)
+            except UserError as exc:
+                progress.info(f"pipeline state {path} is unreadable ({exc}); redoing every stage")
         self.records: list[StageRecord] = []
 
     def is_current(self, name: str, inputs_hash: str) -> bool:
@@ -189,6 +188,44 @@ class _State:
 
     def save(self) -> None:
         write_json(self.path, {"format": STATE_FORMAT, "version": 1, "stages": [r.to_dict() for r in self.records]})
+
+
+def _read_state(path: Path) -> dict[str, dict]:
+    """The stage records of pipeline.json, by name. Only records whose fields have the types used
+    (name, status, inputs_hash, outputs: {file: sha256}) are kept: a damaged or hand-edited state file
+    costs a redo of those stages, never a traceback."""
+    data = read_json(path, "pipeline state")
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise UserError("not a resnet-deploy pipeline state")
+    stages = data.get("stages", [])
+    if not isinstance(stages, list):
+        raise UserError("'stages' is not a list")
+    previous = {}
+    for stage in stages:
+        if not (isinstance(stage, dict) and isinstance(stage.get("name"), str)):
+            continue
+        outputs = stage.get("outputs") or {}
+        if not (isinstance(outputs, dict) and all(is_text(p) and isinstance(d, str) for p, d in outputs.items())):
+            continue
+        previous[stage["name"]] = stage
+    return previous
+
+
+def _read_previous_results(path: Path) -> dict:
+    """results.json of the bench stage when that stage is current (not re-run): validated before the
+    report is rewritten from it, so a damaged file is refused with a message, not a traceback."""
+    from .report import validate_results
+
+    results = read_json(path, "benchmark results")
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list) or not all(isinstance(r, dict) for r in results["rows"]):
+        raise UserError(f"benchmark results {path} are malformed: no list of rows", hint="re-run with --force")
+    try:
+        validate_results(results)
+    except Exception as exc:  # jsonschema.ValidationError: jsonschema is only a dev dependency
+        if type(exc).__name__ != "ValidationError":
+            raise
+        raise UserError(f"benchmark results {path} are malformed: {exc.message}", hint="re-run with --force") from exc
+    return results
 
 
 def _outputs(*paths: Path) -> dict[str, str]:
@@ -313,9 +350,12 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
             continue
         export_dirs.append(directory)
         if target == "tensorrt":
-            engines = [a for a in read_json(directory / "manifest.json", "export manifest").get("artifacts", []) if a.get("kind") == "tensorrt"]
+            from .export.manifest import load_manifest
+
+            manifest = load_manifest(directory, verify_hashes=False)  # validated: artifacts and skipped are lists of objects
+            engines = [a for a in manifest["artifacts"] if a["kind"] == "tensorrt"]
             if not engines:
-                reasons = [s.get("reason") for s in read_json(directory / "manifest.json").get("skipped", []) if s.get("kind") == "tensorrt"]
+                reasons = [s.get("reason") for s in manifest.get("skipped", []) if s["kind"] == "tensorrt"]
                 _skip(state, "tensorrt-engines", reasons[0] if reasons and reasons[0] else "export built no TensorRT engine")
 
     # ---------------------------------------------------------------- bench + report
@@ -353,7 +393,7 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
             holder["results"]["pipeline"] = {"stages": [r.to_dict() for r in state.records]}
             write_report(holder["results"], config.results_dir)
         raise
-    results = holder.get("results") or read_json(results_path, "benchmark results")
+    results = holder.get("results") or _read_previous_results(results_path)
 
     # The report always reflects this run's stage table (cheap: no measurement).
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import MissingDependencyError, UserError
-from .base import BACKENDS, PRECISIONS, BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner, physical_cores
+from .base import BACKENDS, PRECISIONS, BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner, parse_device, physical_cores
 from .onnxruntime import OnnxRuntimeRunner, available_providers, onnx_quantization_scheme
 from .openvino import INSTALL as OPENVINO_INSTALL
 from .openvino import PERFORMANCE_HINTS, OpenVinoRunner, openvino_installed
@@ -59,6 +59,7 @@ __all__ = [
     "load_export_manifest",
     "onnx_quantization_scheme",
     "openvino_installed",
+    "parse_device",
     "physical_cores",
 ]
 
@@ -89,6 +90,9 @@ class RunnerOptions:
                 raise UserError(f"--precision must be among {', '.join(PRECISIONS)} (or all), got {precision!r}")
         if self.ov_hint not in PERFORMANCE_HINTS:
             raise UserError(f"--ov-hint must be one of {', '.join(PERFORMANCE_HINTS)}, got {self.ov_hint!r}")
+        parse_device(self.device)  # cuda:, cuda:-1, CUDA, " cpu", meta: refused with the option named
+        if not (isinstance(self.device_id, int) and 0 <= self.device_id <= 9999):
+            raise UserError(f"the GPU number must be 0..9999, got {self.device_id!r}")
 
 
 def load_export_manifest(export_dir: str | Path) -> dict:

@@ -40,6 +40,21 @@ BACKENDS = ("pytorch", "onnxruntime", "tensorrt", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 
+def parse_device(text: str, option: str = "--device") -> tuple[str, int]:
+    """A benchmark device as written on the command line: ``cpu`` -> ("cpu", 0), ``cuda`` -> ("cuda:0", 0),
+    ``cuda:N`` -> ("cuda:N", N). Anything else (``cuda:``, ``cuda:-1``, ``cuda:x``, ``CUDA``, `` cpu``,
+    ``cpu:0``, ``meta``) is refused naming the option, never an int() traceback. Whether GPU N exists is
+    the runner's question (it reports the row as skipped, with the reason)."""
+    if text == "cpu":
+        return "cpu", 0
+    if text == "cuda":
+        return "cuda:0", 0
+    kind, colon, index = text.partition(":") if isinstance(text, str) else ("", "", "")
+    if kind == "cuda" and colon and index.isascii() and index.isdigit() and len(index) <= 4:
+        return f"cuda:{int(index)}", int(index)
+    raise UserError(f"{option} must be cpu, cuda or cuda:N with N a GPU number (0, 1, ...), got {text!r}")
+
+
 class BackendUnavailable(UserError):
     """A backend cannot run on this machine (no GPU, package missing, engine built for another GPU).
 

@@ -367,6 +367,10 @@ def build_engines_for_export(
     export_dir = Path(export_dir)
     manifest_lib.load_manifest(export_dir)  # validates and checks every artifact's sha256
     manifest = read_json(export_dir / manifest_lib.MANIFEST_NAME, "export manifest")  # relative paths kept
+    unchecked = [a["path"] for a in manifest["artifacts"] if a["kind"] == "onnx" and "parity" not in a]
+    if unchecked:  # an engine is built only from an ONNX file whose parity check passed
+        raise UserError(f"{export_dir / manifest_lib.MANIFEST_NAME}: {', '.join(unchecked)} has no parity record",
+                        hint="export again with resnet-deploy export, which checks parity and records it")
     options = ExportOptions(
         checkpoint=Path(manifest["checkpoint"]["path"]), output_dir=export_dir.parent, tensorrt=True,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb, opt_level=opt_level,

@@ -35,6 +35,7 @@ from typing import Any
 
 from ..errors import MissingDependencyError, UserError, VerificationError
 from ..fileio import atomic_write_bytes, read_json, sha256_file, write_json
+from ..validation import Fields, is_compute_capability, is_file_name, is_int, is_number, is_sha256, is_text
 from .onnx_export import INPUT_NAME, OUTPUT_NAME, read_metadata, verify_onnx_file
 
 SIDECAR_FORMAT = "resnet-deploy/tensorrt-engine"
@@ -480,7 +481,59 @@ def read_sidecar(engine_path: str | os.PathLike) -> dict:
     for key in ("flavour", "tensorrt_version", "precision", "target", "engine", "onnx", "shapes"):
         if key not in sidecar:
             raise UserError(f"engine sidecar {path} lacks {key!r}")
+    version = sidecar.get("version", SIDECAR_VERSION)
+    if is_int(version) and version > SIDECAR_VERSION:
+        raise UserError(f"engine sidecar {path} was written by a newer resnet-deploy (sidecar version {version})")
+    _validate_sidecar(sidecar, path)
     return sidecar
+
+
+def _validate_sidecar(sidecar: dict, path: Path) -> None:
+    """The nested fields ``check_engine``, the TensorRT runner and ``check-engine`` read: refused with
+    the field named when one has the wrong type, instead of a KeyError or TypeError deep in the check."""
+    fields = Fields(f"engine sidecar {path}", hint="rebuild the engine with resnet-deploy export / build-engine, which writes the sidecar")
+    fields.check(is_int(sidecar.get("version", SIDECAR_VERSION), 1), "version", f"a version number (1..{SIDECAR_VERSION})")
+    fields.check(sidecar["flavour"] in FLAVOURS if isinstance(sidecar["flavour"], str) else False, "flavour", f"one of {', '.join(FLAVOURS)}")
+    fields.check(is_text(sidecar["tensorrt_version"]), "tensorrt_version", "a version string")
+    fields.check(sidecar["precision"] in ENGINE_PRECISIONS if isinstance(sidecar["precision"], str) else False,
+                 "precision", f"one of {', '.join(ENGINE_PRECISIONS)}")
+    target = fields.dict(sidecar, "target")
+    if target:
+        fields.check(is_compute_capability(target.get("compute_capability")), "target.compute_capability", "a compute capability such as 8.6")
+        fields.check(target.get("gpu_name") is None or isinstance(target["gpu_name"], str), "target.gpu_name", "null or a GPU name")
+        fields.check(isinstance(target.get("current_gpu", False), bool), "target.current_gpu", "true or false")
+    engine = fields.dict(sidecar, "engine")
+    if engine:
+        fields.check(is_file_name(engine.get("file")), "engine.file", "the engine's file name")
+        fields.check(is_sha256(engine.get("sha256")), "engine.sha256", "a sha256 hex digest")
+        fields.check(is_int(engine.get("bytes", 0), 0), "engine.bytes", "a size in bytes")
+    onnx = fields.dict(sidecar, "onnx")
+    if onnx:
+        fields.check(is_text(onnx.get("file")), "onnx.file", "the path of the source ONNX, relative to the engine")
+        fields.check(is_sha256(onnx.get("sha256")), "onnx.sha256", "a sha256 hex digest")
+        fields.check(onnx.get("scheme") is None or isinstance(onnx["scheme"], str), "onnx.scheme", "null or an int8 scheme")
+    shapes = fields.dict(sidecar, "shapes")
+    input_name, output_name = sidecar.get("input_name", INPUT_NAME), sidecar.get("output_name", OUTPUT_NAME)
+    if fields.check(is_text(input_name) and is_text(output_name), "input_name/output_name", "tensor names") and shapes:
+        profile = shapes.get(input_name)
+        fields.check(
+            isinstance(profile, dict) and all(_is_shape(profile.get(key), 4, 1) for key in ("min", "opt", "max")),
+            f"shapes.{input_name}", "{min, opt, max} input shapes of 4 positive sizes",
+        )
+        fields.check(_is_shape(shapes.get(output_name), 2, -1), f"shapes.{output_name}", "an output shape of 2 sizes")
+    batches = [sidecar.get(key) for key in ("min_batch", "opt_batch", "max_batch")]
+    if any(b is not None for b in batches):
+        if fields.check(all(is_int(b, 1) for b in batches), "min_batch/opt_batch/max_batch", "batch sizes"):
+            fields.check(batches[0] <= batches[1] <= batches[2], "min_batch/opt_batch/max_batch", "in order min <= opt <= max")
+    fields.check(isinstance(sidecar.get("dynamic_batch", True), bool), "dynamic_batch", "true or false")
+    fields.check(sidecar.get("build_seconds") is None or is_number(sidecar["build_seconds"]), "build_seconds", "a number")
+    for key in ("builder", "layer_precision"):
+        fields.check(isinstance(sidecar.get(key, {}), dict), key, "an object")
+    fields.raise_if_any()
+
+
+def _is_shape(value: Any, rank: int, smallest: int) -> bool:
+    return isinstance(value, list) and len(value) == rank and all(is_int(v, smallest) for v in value)
 
 
 def check_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike | None = None) -> dict:

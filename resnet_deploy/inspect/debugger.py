@@ -109,7 +109,7 @@ def _exported_onnx(options: InspectOptions, quantized) -> tuple[Path, dict]:
 
     manifest = load_manifest(options.export_dir)
     artifact = find_artifact(manifest, "onnx", "int8", quantized.target)
-    recorded = manifest.get("quantization", {}).get("checkpoint_sha256")
+    recorded = (manifest.get("quantization") or {}).get("checkpoint_sha256")  # null in an export without int8
     if artifact is None:
         raise UserError(f"{options.export_dir} has no int8 ONNX of the {quantized.target} scheme",
                         hint=f"export it: resnet-deploy export CHECKPOINT --int8 {options.int8_dir} --data-dir DATA")

@@ -30,6 +30,7 @@ from ..data import Normalization
 from ..errors import UserError
 from ..fileio import atomic_path, read_json, sha256_file, write_json
 from ..models import ModelSpec
+from ..validation import Fields, is_dict_list, is_file_name, is_int, is_number, is_sha256, is_str_list, model_spec_problems, normalization_ok
 from .quantizer import layer_name
 
 FORMAT = "resnet-deploy/quantized"
@@ -211,7 +212,60 @@ def read_manifest(artifact_dir: str | os.PathLike) -> dict:
     for key in ("checkpoint", "model", "normalization", "target", "files"):
         if key not in manifest:
             raise UserError(f"{path} is corrupt: it lacks {key!r}")
+    _validate_manifest(manifest, path)
     return manifest
+
+
+def _validate_manifest(manifest: dict, path: Path) -> None:
+    """The fields loading and later stages read, checked for type, so a damaged or hand-edited manifest
+    is refused naming the field instead of failing later with a traceback. The file names in ``files``
+    must stay inside the artifact folder: the manifest must not make us hash or load other files."""
+    from ..quantize_choices import TARGETS
+
+    fields = Fields(f"artifact manifest {path}", hint="re-create the artifact with resnet-deploy quantize")
+    checkpoint = fields.dict(manifest, "checkpoint")
+    if checkpoint:
+        fields.check(is_sha256(checkpoint.get("sha256")), "checkpoint.sha256", "a sha256 hex digest")
+        fields.check(isinstance(checkpoint.get("path", ""), str), "checkpoint.path", "a string")
+    fields.add(model_spec_problems(manifest["model"]))
+    fields.check(normalization_ok(manifest["normalization"]), "normalization", "{mean: 3 numbers, std: 3 positive numbers}")
+    fields.check(manifest["target"] in TARGETS if isinstance(manifest["target"], str) else False, "target", f"one of {', '.join(TARGETS)}")
+    fields.check(is_str_list(manifest.get("classes", [])), "classes", "a list of class names")
+    for key in ("metrics", "versions", "dataset"):
+        fields.check(isinstance(manifest.get(key, {}), dict), key, "an object")
+    fields.check(manifest.get("qat") is None or isinstance(manifest["qat"], dict), "qat", "null or an object")
+    files = fields.dict(manifest, "files")
+    for name_key, default, digest_key in (("program", PROGRAM, "program_sha256"), ("qparams", QPARAMS, "qparams_sha256")):
+        if files:
+            fields.check(is_file_name(files.get(name_key, default)), f"files.{name_key}", "a file name inside the artifact folder")
+            fields.check(is_sha256(files.get(digest_key)), f"files.{digest_key}", "a sha256 hex digest")
+    fields.raise_if_any()
+
+
+def _validate_qparams(document: Any, path: Path) -> list[dict]:
+    """qparams.json: ``{"tensors": [records]}``, each record of :func:`extract_qparams`'s shape."""
+    fields = Fields(f"qparams {path}", hint="re-create the artifact with resnet-deploy quantize")
+    if not isinstance(document, dict):
+        fields.check(False, "qparams", "an object with a 'tensors' list")
+        fields.raise_if_any()
+    records = document.get("tensors", [])
+    if not fields.check(is_dict_list(records), "tensors", "a list of quantization records"):
+        fields.raise_if_any()
+    for index, record in enumerate(records):
+        where = f"tensors[{index}]"
+        kind = record.get("kind")
+        fields.check(kind in ("activation", "weight"), f"{where}.kind", "activation or weight")
+        fields.check(isinstance(record.get("dtype"), str), f"{where}.dtype", "a dtype name")
+        if kind == "weight":
+            fields.check(isinstance(record.get("scale"), list) and all(is_number(v) for v in record["scale"]), f"{where}.scale", "a list of numbers")
+            fields.check(isinstance(record.get("zero_point"), list) and all(is_int(v) for v in record["zero_point"]), f"{where}.zero_point", "a list of integers")
+        else:
+            fields.check(is_number(record.get("scale")), f"{where}.scale", "a number")
+            fields.check(is_int(record.get("zero_point")), f"{where}.zero_point", "an integer")
+        if len(fields.problems) >= 6:
+            break
+    fields.raise_if_any()
+    return records
 
 
 def load_quantized(artifact_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> "QuantizedModel":
@@ -221,8 +275,8 @@ def load_quantized(artifact_dir: str | os.PathLike, checkpoint: str | os.PathLik
     was made from exactly that FP32 model). Any missing, altered or unreadable file is a UserError.
     """
     artifact_dir = Path(artifact_dir)
-    manifest = read_manifest(artifact_dir)
-    recorded = manifest["checkpoint"].get("sha256", "")
+    manifest = read_manifest(artifact_dir)  # validated: every field read below has its type
+    recorded = manifest["checkpoint"]["sha256"]
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise UserError(f"checkpoint not found: {checkpoint}")
@@ -253,7 +307,7 @@ def load_quantized(artifact_dir: str | os.PathLike, checkpoint: str | os.PathLik
             f"{program_path} could not be loaded by torch {torch.__version__}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
             hint=f"it was written by torch {manifest.get('versions', {}).get('torch', '?')}; re-run quantize with this torch",
         ) from exc
-    qparams = read_json(qparams_path, "qparams").get("tensors", [])
+    qparams = _validate_qparams(read_json(qparams_path, "qparams"), qparams_path)
     return QuantizedModel(
         module=program.module(),
         target=manifest["target"],
@@ -291,6 +345,7 @@ def refuse_pickled_program_entries(program_path: Path) -> None:
     import json
     import pickle
     import zipfile
+    import zlib
 
     def refuse(reason: str) -> None:
         raise UserError(
@@ -298,9 +353,18 @@ def refuse_pickled_program_entries(program_path: Path) -> None:
             hint="only load int8 artifacts from sources you trust; re-create it with resnet-deploy quantize",
         )
 
+    # What reading one member of a damaged zip raises (bad CRC, unknown compression, encryption, truncation).
+    unreadable = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+
+    def read(name: str) -> bytes:
+        try:
+            return archive.read(name)
+        except unreadable as exc:
+            raise UserError(f"{program_path} is damaged: its member {name} cannot be read ({exc})") from exc
+
     try:
         archive = zipfile.ZipFile(program_path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"{program_path} is not a torch.export program archive: {exc}") from exc
     with archive:
         for name in archive.namelist():
@@ -309,9 +373,11 @@ def refuse_pickled_program_entries(program_path: Path) -> None:
                 refuse(f"it holds a custom or opaque object ({name})")
             if name.endswith("_config.json") and ("weights" in parts or "constants" in parts):
                 try:
-                    entries = json.loads(archive.read(name)).get("config", {})
+                    entries = json.loads(read(name)).get("config", {})
                 except (ValueError, AttributeError) as exc:
                     raise UserError(f"{program_path} has an unreadable {name}: {exc}") from exc
+                if not isinstance(entries, dict):
+                    raise UserError(f"{program_path} has an unreadable {name}: its 'config' is not an object")
                 for key, entry in entries.items():
                     if not isinstance(entry, dict) or entry.get("use_pickle", False) is not False:
                         refuse(f"entry {key!r} of {name} is stored as a pickle")
@@ -319,6 +385,7 @@ def refuse_pickled_program_entries(program_path: Path) -> None:
                         refuse(f"constant {key!r} is not a tensor")
             elif name.endswith(".pt"):
                 try:
-                    torch.load(io.BytesIO(archive.read(name)), map_location="cpu", weights_only=True)
-                except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
-                    refuse(f"{name} holds objects a weights-only load rejects ({str(exc).splitlines()[0][:120]})")
+                    torch.load(io.BytesIO(read(name)), map_location="cpu", weights_only=True)
+                except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError, AttributeError) as exc:
+                    reason = (str(exc).splitlines() or [type(exc).__name__])[0]  # EOFError() has no message
+                    refuse(f"{name} holds objects a weights-only load rejects ({reason[:120]})")

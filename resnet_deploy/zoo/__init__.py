@@ -17,6 +17,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import read_json, sha256_file, write_json
+from ..validation import Fields, is_file_name, is_int, is_number, is_sha256, model_spec_problems
 
 PREFIX = "pretrained:"
 ZOO_ENV = "RESNET_DEPLOY_ZOO"
@@ -47,7 +48,26 @@ def read_registry(directory: Path | None = None) -> dict[str, Any]:
     registry = read_json(path, "pretrained-model registry")
     if not isinstance(registry, dict) or registry.get("format") != FORMAT or not isinstance(registry.get("models"), dict):
         raise UserError(f"{path} is not a resnet-deploy model registry (no '{FORMAT}' format tag)")
+    _validate_entries(registry["models"], path)
     return registry
+
+
+def _validate_entries(models: dict, path: Path) -> None:
+    """Each entry's fields that ``resolve``, ``models`` and ``pipeline`` read: a hand-edited registry (or
+    one named by $RESNET_DEPLOY_ZOO) is refused naming the field, and its files must lie inside the zoo."""
+    fields = Fields(f"model registry {path}", hint=f"re-ship the model with scripts/ship_model.py, or unset {ZOO_ENV}")
+    for name, entry in models.items():
+        if not fields.check(isinstance(entry, dict), f"models.{name}", "an object"):
+            continue
+        fields.check(entry.get("name") == name, f"models.{name}.name", f"{name!r} (its key)")
+        fields.check(is_file_name(entry.get("file")), f"models.{name}.file", "a file name inside the zoo folder")
+        fields.check(is_sha256(entry.get("sha256")), f"models.{name}.sha256", "a sha256 hex digest")
+        fields.add(model_spec_problems(entry.get("model"), f"models.{name}.model"))
+        dataset, top1 = entry.get("dataset"), entry.get("top1_full")
+        fields.check(isinstance(dataset, dict) and isinstance(dataset.get("name"), str), f"models.{name}.dataset", "an object with a name")
+        fields.check(isinstance(top1, dict) and is_number(top1.get("top1")), f"models.{name}.top1_full", "an object with a top1 number")
+        fields.check(is_int(entry.get("epochs"), 0), f"models.{name}.epochs", "a number of epochs")
+    fields.raise_if_any()
 
 
 def write_registry(registry: dict[str, Any], directory: Path | None = None) -> Path:
@@ -71,7 +91,7 @@ def resolve(name: str, directory: Path | None = None) -> Path:
             f"unknown pretrained model {name!r}; shipped: {', '.join(sorted(models)) or 'none'}",
             hint="`resnet-deploy models` lists them; any command also takes a checkpoint file",
         )
-    entry = models[name]
+    entry = models[name]  # validated by read_registry: "file" lies inside the zoo, "sha256" is a digest
     path = directory / entry["file"]
     if not path.is_file():
         raise UserError(f"{PREFIX}{name}: its file {path} is missing", hint="reinstall resnet-deploy")
