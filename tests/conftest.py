@@ -20,6 +20,17 @@ torch.manual_seed(0)
 os.environ.setdefault("RESNET_DEPLOY_QUIET", "1")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """``@pytest.mark.tensorrt`` (``rtx=True``: TensorRT-RTX in particular): skipped where the bindings
+    cannot be used, failed instead in CI when the tensorrt extra is installed (tests/tensorrt_support.py)."""
+    marker = item.get_closest_marker("tensorrt")
+    if marker is not None:
+        from tensorrt_support import require_tensorrt
+
+        require_tensorrt(rtx=bool(marker.kwargs.get("rtx", False)))
+
+
 @pytest.fixture(scope="session")
 def cifar10_archive() -> Path:
     """The shared CIFAR-10 JPEG archive. CI has it; elsewhere tests that need it are skipped."""

@@ -18,17 +18,10 @@ from resnet_deploy.bench import BenchSettings, run_benchmark
 from resnet_deploy.data import Normalization, synthetic_dataset
 from resnet_deploy.errors import MissingDependencyError, UserError
 from resnet_deploy.models import ModelSpec, build_model
+from tensorrt_support import require_tensorrt
 
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour on a machine without a GPU")
-
-
-def _tensorrt_importable() -> bool:
-    try:
-        export_stage.import_tensorrt()
-    except UserError:
-        return False
-    return True
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +32,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def engine(model, tmp_path_factory):
-    if not _tensorrt_importable():
-        pytest.skip("no TensorRT or TensorRT-RTX bindings installed")
+    require_tensorrt()  # a skip without TensorRT; in CI with the tensorrt extra installed, a failure
     folder = tmp_path_factory.mktemp("trt")
     info = export_stage.ExportInfo({"name": "resnet20"}, NORM.to_dict(), [f"c{i}" for i in range(10)], "0" * 64, "fp32")
     onnx_path = export_stage.export_onnx(model, folder / "model-fp32.onnx", info).path

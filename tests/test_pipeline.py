@@ -136,9 +136,12 @@ def test_pipeline_int8_path_reaches_the_bench(tmp_path, synthetic_checkpoint):
     records = stages(tmp_path, "int8")
     assert records["quantize-ptq-cpu"]["status"] == "done"
     assert (tmp_path / "calibration" / "int8-ptq-cpu" / "manifest.json").is_file()
-    assert records["export-cpu"]["status"] in ("done", "failed")  # the export's own int8 parity gate may fail on this toy model
-    failed = [name for name, record in records.items() if record["status"] == "failed"]
-    assert result.exit_code == (1 if failed else 0), result.output
+    # The cpu-scheme int8 ONNX must pass the export's own parity gate (ONNX Runtime's int8 kernels
+    # against the exact Q/DQ reference, >= 99.5 % top-1 agreement on the 128 held-out images): a
+    # failure here is a parity regression, not something this test may accept.
+    assert records["export-cpu"]["status"] == "done", records["export-cpu"]
+    assert not [name for name, record in records.items() if record["status"] == "failed"], records
+    assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "benchmarks" / "results" / "int8" / "results.json").read_text())
     rows = {row["name"]: row for row in results["rows"]}
     u8 = rows["onnxruntime-int8-u8s8"]

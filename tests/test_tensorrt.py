@@ -16,6 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from resnet_deploy.cli import main
+from tensorrt_support import require_tensorrt
 from resnet_deploy.data import Normalization
 from resnet_deploy.errors import MissingDependencyError, UserError
 from resnet_deploy.export import ExportInfo, build_engine, check_engine, export_onnx, import_tensorrt, read_sidecar
@@ -25,15 +26,8 @@ from resnet_deploy.models import ModelSpec, build_model
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
 
 
-def _rtx_available() -> bool:
-    try:
-        import tensorrt_rtx_bindings  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-needs_rtx = pytest.mark.skipif(not _rtx_available(), reason="TensorRT-RTX bindings not installed (pip install 'resnet-deploy[tensorrt]')")
+# Skipped without TensorRT-RTX; failed instead in CI when the tensorrt extra is installed but broken.
+needs_rtx = pytest.mark.tensorrt(rtx=True)
 
 
 @pytest.fixture
@@ -105,8 +99,7 @@ def onnx_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engines(onnx_files, tmp_path_factory):
-    if not _rtx_available():
-        pytest.skip("TensorRT-RTX bindings not installed")
+    require_tensorrt(rtx=True)
     mp = pytest.MonkeyPatch()
     mp.setattr(trt_lib, "current_gpu", lambda: None)  # the CPU-only case, even where a GPU exists
     folder = tmp_path_factory.mktemp("engines")
@@ -305,3 +298,44 @@ def test_int8_qdq_engine_from_a_quantized_model(synthetic_checkpoint, synthetic,
     assert check_engine(engine, onnx_path)["target"]["compute_capability"] == "8.9"
     with pytest.raises(UserError, match="int8 model"):
         build_engine(onnx_path, tmp_path / "x.engine", precision="fp32", compute_capability="8.9", timing_cache=None)
+
+
+# --------------------------------------------------------------------------------------------- when tests skip
+
+
+def test_broken_tensorrt_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    """A TensorRT-RTX install whose bindings do not load: a skip on a developer machine, a failure in CI
+    (CI set) when the tensorrt extra is installed, a skip in CI when the extra is not installed."""
+    import tensorrt_support
+
+    monkeypatch.setattr(tensorrt_support, "tensorrt_problem", lambda rtx=False: "OSError: libtensorrt_rtx.so.1: cannot open shared object file")
+    monkeypatch.setattr(tensorrt_support, "tensorrt_extra_installed", lambda: ["tensorrt-rtx-cu13-bindings 1.7.1.116"])
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="cannot open shared object file"):
+        tensorrt_support.require_tensorrt(rtx=True)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"CI with the tensorrt extra installed \(tensorrt-rtx-cu13-bindings 1\.7\.1\.116\)"):
+        tensorrt_support.require_tensorrt(rtx=True)
+    monkeypatch.setattr(tensorrt_support, "tensorrt_extra_installed", lambda: [])
+    with pytest.raises(pytest.skip.Exception):
+        tensorrt_support.require_tensorrt()
+    monkeypatch.setenv("CI", "false")
+    assert not tensorrt_support.in_ci()
+
+
+def test_no_engine_from_an_onnx_file_that_failed_parity(tmp_path, monkeypatch):
+    """The engine builder is never called for an ONNX file whose parity check failed: the manifest says
+    why instead. Runs without TensorRT (the builder is replaced by one that fails the test)."""
+    from resnet_deploy.export import pipeline as export_pipeline
+
+    def builder_must_not_run(*args, **kwargs):
+        raise AssertionError("an engine was built from an ONNX file that failed parity")
+
+    monkeypatch.setattr(export_pipeline, "build_engine", builder_must_not_run)
+    failed = {"passed": False, "failures": ["top1_agreement 97.00% < 99.5%"]}
+    manifest = {"artifacts": [{"kind": "onnx", "precision": "int8", "scheme": "tensorrt", "path": "model-int8-tensorrt.onnx", "parity": failed}],
+                "skipped": []}  # fmt: skip
+    options = export_pipeline.ExportOptions(checkpoint=tmp_path / "model.pt", output_dir=tmp_path)
+    export_pipeline._build_engines(options, manifest, tmp_path, {"build": True, "compute_capability": "8.6"})
+    assert [a["kind"] for a in manifest["artifacts"]] == ["onnx"]
+    assert manifest["skipped"] == [{"kind": "tensorrt", "precision": "int8", "reason": "model-int8-tensorrt.onnx failed parity"}]
