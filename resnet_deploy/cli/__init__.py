@@ -58,24 +58,74 @@ class ResnetDeployGroup(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it per invocation)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_VERBOSITY_KEY = "resnet_deploy.verbosity"
+
+
+def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    """-q/-v, wherever on the command line they stand (before or after the command name)."""
+    if not value or ctx.resilient_parsing:
+        return
+    given = ctx.find_root().meta.setdefault(_VERBOSITY_KEY, set())
+    given.add(param.name)
+    if given == {"quiet", "verbose"}:
+        raise click.UsageError("-q/--quiet and -v/--verbose contradict each other: give one of them", ctx=ctx)
+    if param.name == "quiet":
+        progress.set_enabled(False)
+    else:
+        progress.set_enabled(True)
+        root = logging.getLogger()
+        if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
+            handler = _StderrHandler()
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+
+
+def verbosity_options() -> list[click.Option]:
+    """-q and -v as options of the group and of every command, so ``resnet-deploy models -q`` works too."""
+    return [
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+                     help="No progress bars or status lines (results still print). [env RESNET_DEPLOY_QUIET=1]"),
+        click.Option(["-v", "--verbose"], is_flag=True, expose_value=False, is_eager=True, callback=_set_verbosity,
+                     help="Progress bars and status lines even where RESNET_DEPLOY_QUIET=1 is set, and the log "
+                     "messages (INFO and up) of the libraries underneath."),
+    ]
+
+
 @click.group(cls=ResnetDeployGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or status lines (results still print).")
 @click.version_option(package_name="resnet-deploy")
-def main(quiet: bool) -> None:
+def main() -> None:
     """Train CIFAR ResNets, quantize them to int8, export to ONNX / TensorRT and prove the int8 model
     is as accurate as FP32 and how much faster it is.
 
     \b
-    Typical flow:
+    Typical flow (export RESNET_DEPLOY_DATA=DATA once and every --data-dir DATA can go):
       resnet-deploy train --model resnet20 --data-dir DATA --output runs/r20
       resnet-deploy quantize runs/r20/best.pt --data-dir DATA
-      resnet-deploy export runs/r20/best.pt --int8 calibration/r20
+      resnet-deploy export runs/r20/best.pt --int8 calibration/r20-tensorrt --data-dir DATA
       resnet-deploy bench --backend onnxruntime --export exports/r20 --data-dir DATA
     or all of it at once, on the shipped ResNet20: resnet-deploy pipeline --data-dir DATA --name r20
     Every CHECKPOINT may be pretrained:NAME, a model shipped with the package (resnet-deploy models).
+    -q and -v may come before or after the command name.
     """
-    if quiet:
-        progress.set_enabled(False)
+
+
+main.params.extend(verbosity_options())
 
 
 # torchao 0.18 registers an Enum with torch's pytree at import, and torch >= 2.12 logs a deprecation
@@ -88,6 +138,7 @@ def _register() -> None:
 
     for module in (train_commands, import_commands, quantize_commands, export_commands, inspect_commands, bench_commands):
         for command in module.COMMANDS:
+            command.params.extend(verbosity_options())
             main.add_command(command)
 
 

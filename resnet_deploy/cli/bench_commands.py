@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from .. import progress
 from ..backends.base import BACKENDS, PRECISIONS
 from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
-from .options import CHECKPOINT, dataset_options, echo_json, parse_int_list
+from ..quantize_choices import DEFAULT_METHOD, METHODS
+from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left, parse_int_list
 
 
 def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
@@ -25,8 +28,17 @@ def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str
     return values
 
 
-def bench_options(func):
-    """Options shared by ``bench`` and ``pipeline`` (how to measure and gate)."""
+def bench_options(func=None, *, verify_default: bool = False):
+    """Options shared by ``bench`` and ``pipeline`` (how to measure and gate). ``bench`` gates only with
+    --verify; ``pipeline`` (``verify_default=True``) gates unless --no-verify."""
+    if func is None:
+        return lambda f: bench_options(f, verify_default=verify_default)
+    verify_help = (
+        ("Gate the report on the thresholds below (the default): exit 1 naming each failing row; --no-verify "
+         "reports without gating." if verify_default else
+         "Gate on the thresholds below: exit 1 naming each failing row.")
+        + " Of --verify and --no-verify, the last one given wins."
+    )
     decorators = [
         click.option("--backend", "backends", default="all", show_default=True, help=f"Comma list of {', '.join(BACKENDS)}, or all. FP32 PyTorch eager always runs: it is the baseline."),
         click.option("--precision", "precisions", default="all", show_default=True, help=f"Comma list of {', '.join(PRECISIONS)}, or all."),
@@ -48,7 +60,7 @@ def bench_options(func):
         click.option("--min-iterations", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations per batch size, at least."),
         click.option("--min-time", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of timed iterations per batch size, at least."),
         click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds per batch size at most, even if the figure is still noisy."),
-        click.option("--verify", is_flag=True, help="Gate on the thresholds below: exit 1 naming each failing row."),
+        click.option("--verify/--no-verify", default=verify_default, show_default=True, help=verify_help),
         click.option("--min-fp32-agreement", default=100.0, show_default=True, type=float, help="FP32 rows: top-1 agreement with FP32 PyTorch, %."),
         click.option("--min-fp16-agreement", default=99.9, show_default=True, type=float, help="FP16/BF16 rows: top-1 agreement with FP32 PyTorch, %."),
         click.option("--max-int8-drop", default=0.5, show_default=True, type=float, help="int8 rows: top-1 drop against FP32 PyTorch, points."),
@@ -64,9 +76,12 @@ def make_bench_config(options: dict):
     from ..bench import BenchSettings, Thresholds
 
     device = options.pop("device")
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
         raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
     device_id = int(device.split(":")[1]) if ":" in device else 0
+    if options["no_accuracy"] and options["no_latency"]:
+        raise UserError("--no-accuracy and --no-latency together leave nothing to measure",
+                        hint="drop one of them: --no-latency measures accuracy only, --no-accuracy latency only")
     runner_options = RunnerOptions(
         backends=_parse_choices(options.pop("backends"), "--backend", BACKENDS),
         precisions=_parse_choices(options.pop("precisions"), "--precision", PRECISIONS),
@@ -96,6 +111,10 @@ def make_bench_config(options: dict):
     thresholds.validate()
     verify = options.pop("verify")
     if verify and not settings.accuracy:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.get_parameter_source("verify") is ParameterSource.DEFAULT:
+            raise UserError("the pipeline verifies by default, and verifying needs the accuracy pass that --no-accuracy skips",
+                            hint="add --no-verify to report latency only, or drop --no-accuracy")
         raise UserError("--verify needs the accuracy pass; drop --no-accuracy")
     return runner_options, settings, thresholds if verify else None
 
@@ -171,18 +190,19 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UserError(f"--name must be a plain folder name, got {run_name!r}")
     dataset = load_data()
-    results, paths = benchmark_artifacts(
-        dataset,
-        runner_options,
-        settings,
-        run_name=run_name,
-        output_dir=Path(output_root) / run_name,
-        checkpoint=checkpoint,
-        export_dirs=export_dirs,
-        quantized_dirs=quantized_dirs,
-        thresholds=thresholds,
-        command=["resnet-deploy", *sys.argv[1:]],
-    )
+    with no_empty_folders_left(Path(output_root) / run_name):
+        results, paths = benchmark_artifacts(
+            dataset,
+            runner_options,
+            settings,
+            run_name=run_name,
+            output_dir=Path(output_root) / run_name,
+            checkpoint=checkpoint,
+            export_dirs=export_dirs,
+            quantized_dirs=quantized_dirs,
+            thresholds=thresholds,
+            command=["resnet-deploy", *sys.argv[1:]],
+        )
     _print_summary(results, paths)
     raise_if_interrupted(results, paths)
     raise_if_failed(results)
@@ -195,34 +215,34 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
               "it is trained (resnet20/32/44/56/110, resnet18..152, plainN).")
 @click.option("--train", "train_from_scratch", is_flag=True, help="Train --model from scratch (--epochs, --lr, ...) instead of using its shipped checkpoint.")
 @click.option("--epochs", default=15, show_default=True, type=click.IntRange(min=1), help="With --train: training epochs.")
-@click.option("--train-batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="With --train.")
+@click.option("--train-batch-size", default=128, show_default=True, type=click.IntRange(min=1), help="With --train: training batch size.")
 @click.option("--lr", default=0.1, show_default=True, type=float, help="With --train: peak training learning rate.")
-@click.option("--seed", default=0, show_default=True, type=int, help="With --train.")
-@click.option("--train-device", default="auto", show_default=True, help="Device for training and quantization-aware fine-tuning.")
+@click.option("--seed", default=0, show_default=True, type=int, help="With --train: seed of the initial weights and the data order.")
+@click.option("--train-device", default="auto", show_default=True, help="With --train: training device (auto, cpu, cuda, cuda:N).")
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
 @click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
-@click.option("--calib-method", default=None, help="PTQ calibration method [quantize's default: entropy] (see resnet-deploy quantize --help).")
+@click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"PTQ calibration method [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
 @click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="PTQ calibration images (from the training split).")
-@click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1))
-@click.option("--qat-lr", default=1e-3, show_default=True, type=float)
+@click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1), help="With --quantization qat/both: fine-tuning epochs.")
+@click.option("--qat-lr", default=1e-3, show_default=True, type=float, help="With --quantization qat/both: fine-tuning learning rate.")
 @click.option("--fp16/--no-fp16", "export_fp16", default=True, show_default=True, help="Also export FP16 ONNX (and engine).")
 @click.option("--tensorrt/--no-tensorrt", "build_tensorrt", default=None, help="Build TensorRT engines [when TensorRT can build here].")
 @click.option("--compute-capability", help="Target GPU of the engines, e.g. 8.9 (TensorRT-RTX builds without a GPU).")
 @click.option("--max-batch", default=256, show_default=True, type=click.IntRange(min=1), help="Largest batch of the engines' profile.")
-@bench_options
-@click.option("--no-verify", is_flag=True, help="Report without gating (the pipeline verifies by default).")
+@bench_options(verify_default=True)
 @click.option("--force", is_flag=True, help="Redo every stage even when its artifacts are current.")
 @click.option("--workdir", default=".", show_default=True, type=click.Path(), help="Folder holding runs/, calibration/, exports/, benchmarks/results/.")
 def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batch_size, lr, seed, train_device, load_data, quantization, int8_targets,
-             calib_method, calib_size, qat_epochs, qat_lr, export_fp16, build_tensorrt, compute_capability, max_batch, no_verify,
+             calib_method, calib_size, qat_epochs, qat_lr, export_fp16, build_tensorrt, compute_capability, max_batch,
              force, workdir, **options):
     """Start from the shipped pretrained:MODEL (or --checkpoint, or train with --train), quantize,
     export, bench every backend and write the verified report.
 
     Each stage is skipped when its inputs (settings, data, files, by sha256) and outputs are unchanged
     since the last run; --force redoes it. Stages that cannot run here (no TensorRT, no GPU) are listed
-    as skipped with the reason in the report. Exit 1 when a verification threshold is missed.
+    as skipped with the reason in the report. Every option is checked before the first stage runs.
+    The report is verified against the thresholds unless --no-verify: exit 1 when one is missed.
     SIGINT/SIGTERM during training save the progress (rerun the same command to continue); during
     the bench stage they write the partial results, as `bench` does; either way exit 130/143.
 
@@ -234,22 +254,37 @@ def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batc
       resnet-deploy pipeline --train --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
     """
     from ..bench import raise_if_failed
-    from ..pipeline import PipelineConfig, raise_if_stages_failed, run_pipeline
+    from ..pipeline import INT8_TARGETS, PipelineConfig, raise_if_stages_failed, run_pipeline
 
-    if options.get("verify"):
-        options["verify"] = False  # the pipeline verifies unless --no-verify; --verify is accepted as a no-op
-    options["verify"] = not no_verify
     runner_options, settings, thresholds = make_bench_config(options)
     targets = tuple(part.strip().lower() for part in int8_targets.split(",") if part.strip())
+    starting = _starting_checkpoint(checkpoint, model, train_from_scratch)
+    _check_pipeline_options(train_from_scratch, model, lr, seed, train_device, quantization, qat_lr, compute_capability, build_tensorrt)
     config = PipelineConfig(
-        name=run_name, workdir=Path(workdir), checkpoint=_starting_checkpoint(checkpoint, model, train_from_scratch), model=model, epochs=epochs,
+        name=run_name, workdir=Path(workdir), checkpoint=starting, model=model, epochs=epochs,
         batch_size=train_batch_size, lr=lr, seed=seed, train_device=train_device, quantization=quantization,
         int8_targets=targets, calib_method=calib_method, calib_size=calib_size, qat_epochs=qat_epochs, qat_lr=qat_lr,
         fp16=export_fp16, tensorrt=build_tensorrt, compute_capability=compute_capability, max_batch=max_batch,
         runner_options=runner_options, bench_settings=settings, thresholds=thresholds, force=force,
         command=["resnet-deploy", *sys.argv[1:]],
     )
-    result = run_pipeline(config, load_data)
+    config.validate()  # run_pipeline checks again; here it comes before any folder is made
+    load_data.check()
+
+    def load_checked_data():
+        """The dataset, with the options that depend on its size checked before the first stage."""
+        dataset = load_data()
+        available = len(dataset.train_images)
+        if train_from_scratch and train_batch_size > available:
+            raise UserError(f"--train-batch-size {train_batch_size} is larger than the {available} training images; use at most {available}")
+        if quantization in ("ptq", "both") and calib_size > available:
+            raise UserError(f"--calib-size {calib_size} exceeds the {available} training images")
+        return dataset
+
+    written = [config.run_dir, config.results_dir, config.export_dir("tensorrt"), config.export_dir("cpu"),
+               *(config.calibration_dir(kind, target) for kind in ("ptq", "qat") for target in INT8_TARGETS)]
+    with no_empty_folders_left(*written):
+        result = run_pipeline(config, load_checked_data)
     click.echo("stages:", err=True)
     for stage in result.stages:
         click.echo(f"  {stage.name:<22} {stage.status:<8} {stage.reason or ''}", err=True)
@@ -261,18 +296,70 @@ def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batc
 
 
 # Options that only shape training: given without --train they would be silently ignored.
-TRAINING_OPTIONS = ("epochs", "train_batch_size", "lr", "seed")
+TRAINING_OPTIONS = ("epochs", "train_batch_size", "lr", "seed", "train_device")
+# Options of one kind of quantization, and the --quantization values that run it.
+QAT_OPTIONS = (("qat_epochs", "qat_lr"), ("qat", "both"))
+PTQ_OPTIONS = (("calib_method", "calib_size"), ("ptq", "both"))
+
+
+def _given(ctx: click.Context, names) -> list[str]:
+    """The options of ``names`` given on the command line, spelled as typed."""
+    return [f"--{name.replace('_', '-')}" for name in names if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+
+
+def _check_pipeline_options(train_from_scratch: bool, model: str, lr: float, seed: int, train_device: str, quantization: str,
+                            qat_lr: float, compute_capability: str | None, build_tensorrt: bool | None) -> None:
+    """Every check a later stage would make of the pipeline's own options, made before the first stage,
+    with each option named as the pipeline spells it (--train-batch-size, not train's --batch-size)."""
+    ctx = click.get_current_context()
+    for (names, kinds), what in ((QAT_OPTIONS, "quantization-aware fine-tuning"), (PTQ_OPTIONS, "post-training calibration")):
+        if quantization not in kinds and (given := _given(ctx, names)):
+            raise UserError(f"{', '.join(given)} only {'applies' if len(given) == 1 else 'apply'} to {what}, "
+                            f"which --quantization {quantization} does not run",
+                            hint=f"use --quantization {' or '.join(kinds)}, or drop {', '.join(given)}")
+    for option, value, used in (("--lr", lr, train_from_scratch), ("--qat-lr", qat_lr, quantization in QAT_OPTIONS[1])):
+        if used and not (value > 0 and math.isfinite(value)):
+            raise UserError(f"{option} must be a positive number, got {value}")
+    if train_from_scratch:
+        from ..models import parse_model_name
+        from ..train import resolve_device
+
+        try:
+            parse_model_name(model)
+        except UserError as exc:
+            raise UserError(f"--model: {exc}") from None
+        if not 0 <= seed < 2**32:
+            raise UserError(f"--seed must be in 0..{2**32 - 1}, got {seed}")
+        try:
+            resolve_device(train_device)
+        except UserError as exc:  # train's own message names train's --device
+            raise UserError(str(exc.args[0]).replace("--device", "--train-device"),
+                            hint=exc.hint.replace("--device", "--train-device") if exc.hint else None) from None
+    if compute_capability is not None:
+        from ..export.tensorrt import parse_compute_capability
+
+        parse_compute_capability(compute_capability)
+    if build_tensorrt:  # --tensorrt makes a missing TensorRT an error: say so now, not after training
+        from ..export.tensorrt import current_gpu, import_tensorrt
+
+        import_tensorrt()
+        if current_gpu() is None and not compute_capability:
+            raise UserError("--tensorrt: no CUDA GPU here and no --compute-capability given",
+                            hint="name the target GPU with --compute-capability (TensorRT-RTX), or drop --tensorrt")
 
 
 def _starting_checkpoint(checkpoint: Path | None, model: str, train_from_scratch: bool) -> Path | str | None:
     """What the pipeline starts from: --checkpoint, else the shipped pretrained:MODEL; None (train) with --train."""
     from ..zoo import PREFIX
 
+    ctx = click.get_current_context()
     if train_from_scratch:
         if checkpoint is not None:
             raise UserError("--train trains a new model and --checkpoint reuses one: give one of them")
         return None
-    ctx = click.get_current_context()
+    if checkpoint is not None and ctx.get_parameter_source("model") is ParameterSource.COMMANDLINE:
+        raise UserError("--model names the shipped model to start from (or, with --train, the one to train); "
+                        "--checkpoint brings its own", hint="drop --model or --checkpoint")
     ignored = [f"--{name.replace('_', '-')}" for name in TRAINING_OPTIONS
                if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     if ignored:

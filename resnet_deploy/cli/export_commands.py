@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import CHECKPOINT, dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
 
 
 def _tensorrt_options(func):
@@ -33,7 +33,7 @@ def _tensorrt_options(func):
               "(needs --data-dir: int8 parity runs on the held-out test split).")
 @click.option("--fp16", is_flag=True, help="Also export an FP16 ONNX (float32 input/output, half inside) and, with TensorRT, an FP16 engine.")
 @click.option("--name", help="Run name: files go to OUTPUT_DIR/NAME/ [the checkpoint's folder name].")
-@click.option("--output-dir", default="exports", show_default=True, type=click.Path(path_type=Path))
+@click.option("--output-dir", default="exports", show_default=True, type=click.Path(path_type=Path), help="Folder holding one folder per export (OUTPUT_DIR/NAME/).")
 @click.option("--static-batch", type=click.IntRange(min=1), help="Fix the batch dimension to N (default: dynamic batch).")
 @click.option("--opset", default=18, show_default=True, type=int, help="ONNX opset (18..23); 18 is read by TensorRT 10, TensorRT-RTX and ONNX Runtime.")
 @click.option("--tensorrt/--no-tensorrt", default=None, help="Build TensorRT engines [default: when TensorRT or TensorRT-RTX is installed "
@@ -62,17 +62,20 @@ def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, te
       resnet-deploy export runs/r20/best.pt --static-batch 1 --no-tensorrt --name r20-b1
     """
     from ..export import ExportOptions, export_checkpoint
+    from ..export.pipeline import default_run_name
 
     ctx = click.get_current_context()
     has_data = bool(ctx.params.get("data_dir")) or ctx.params.get("dataset") == "synthetic"
     dataset = load_data() if has_data else None
+    export_dir = Path(output_dir) / (name or default_run_name(Path(checkpoint), "model"))
     options = ExportOptions(
         checkpoint=checkpoint, output_dir=output_dir, name=name, fp16=fp16, int8_dir=int8_dir, static_batch=static_batch,
         opset=opset, tensorrt=tensorrt, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mb=workspace_mb, opt_level=opt_level, compute_capability=compute_capability, timing_cache=timing_cache,
         dataset=dataset, parity_images=parity_images, fixed_batch_size=parity_batch, simplify=not no_simplify, threads=threads,
     )
-    report = export_checkpoint(options)
+    with no_empty_folders_left(export_dir, output_dir):
+        report = export_checkpoint(options)
     _print_summary(report.manifest, report.manifest_path)
 
 

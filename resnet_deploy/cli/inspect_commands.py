@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import CHECKPOINT, dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
 
 
 @click.command("inspect")
@@ -19,7 +19,7 @@ from .options import CHECKPOINT, dataset_options, echo_json
 @dataset_options
 @click.option("-o", "--output", "output_dir", type=click.Path(path_type=Path), help="Where inspect.json, inspect.md and sqnr.png go.")
 @click.option("--images", default=256, show_default=True, type=click.IntRange(min=1), help="Held-out test images (the first N).")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Images per forward pass of each implementation.")
 @click.option("--top", default=5, show_default=True, type=click.IntRange(min=1), help="Layers in each ranking.")
 @click.option("--lint", is_flag=True, help="Print the Q/DQ lint (TensorRT's predicted precision and fusions per layer); "
               "without CHECKPOINT, lint --onnx or --export alone.")
@@ -54,11 +54,13 @@ def inspect_command(checkpoint, int8_dir, export_dir, onnx_path, load_data, outp
         raise UserError("inspect CHECKPOINT needs --int8 (its quantize artifact) and -o (where the report goes)")
     from ..inspect import InspectOptions, inspect_int8
 
-    record = inspect_int8(InspectOptions(
-        checkpoint=checkpoint, int8_dir=int8_dir, dataset=load_data(), output_dir=output_dir, export_dir=export_dir,
-        onnx_path=onnx_path,
-        images=images, batch_size=batch_size, threads=threads, compute_capability=compute_capability, top=top,
-    ))
+    dataset = load_data()
+    with no_empty_folders_left(output_dir):
+        record = inspect_int8(InspectOptions(
+            checkpoint=checkpoint, int8_dir=int8_dir, dataset=dataset, output_dir=output_dir, export_dir=export_dir,
+            onnx_path=onnx_path,
+            images=images, batch_size=batch_size, threads=threads, compute_capability=compute_capability, top=top,
+        ))
     _print_summary(record, output_dir)
     if lint:
         _print_lint(record["lint"])

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
 from ..data import DATASET_NAMES, ImageDataset, load_dataset
+from ..errors import UserError
+
+DATA_ENV = "RESNET_DEPLOY_DATA"  # where the dataset is when --data-dir is not given
 
 
 def dataset_options(func: Callable) -> Callable:
-    """--dataset, --data-dir, --download, --cache-dir, --train-subset, --test-subset."""
+    """--dataset, --data-dir (default: $RESNET_DEPLOY_DATA), --download, --cache-dir, --train-subset,
+    --test-subset, given to the command as ``load_data``: a callable that loads the dataset, with
+    ``load_data.check()`` to refuse a missing data location before any work."""
 
     @click.option(
         "--dataset",
@@ -26,24 +33,66 @@ def dataset_options(func: Callable) -> Callable:
     @click.option(
         "--data-dir",
         type=click.Path(path_type=str),
-        envvar="RESNET_DEPLOY_DATA",
-        help="Folder or archive holding the dataset [env RESNET_DEPLOY_DATA].",
+        envvar=DATA_ENV,
+        help=f"Folder or archive holding the dataset. Not given: ${DATA_ENV}, so after "
+        f"`export {DATA_ENV}=../shared/datasets/cifar10-jpeg.tar.xz` no command needs --data-dir.",
     )
-    @click.option("--download", is_flag=True, help="Fetch CIFAR from the official site (needs internet).")
+    @click.option("--download", is_flag=True, help="Fetch CIFAR from the official site into --data-dir (needs internet).")
     @click.option("--cache-dir", type=click.Path(path_type=str), help="Where decoded arrays are cached [~/.cache/resnet-deploy].")
     @click.option("--train-subset", type=click.IntRange(min=1), help="Use N training images (seeded), for quick runs.")
     @click.option("--test-subset", type=click.IntRange(min=1), help="Use N test images (seeded), for quick runs.")
     @functools.wraps(func)
     def wrapper(*args, dataset, data_dir, download, cache_dir, train_subset, test_subset, **kwargs):
         def loader() -> ImageDataset:
+            loader.check()
             loaded = load_dataset(dataset, data_dir, download=download, cache_dir=cache_dir)
             if train_subset or test_subset:
                 loaded = loaded.subset(train_subset, test_subset)
             return loaded
 
+        def check() -> None:
+            """Refuse a missing data location now, before a command creates folders or trains."""
+            if data_dir is None and dataset.lower() != "synthetic":
+                raise UserError(
+                    f"--dataset {dataset.lower()} needs --data-dir (a folder or archive holding it), or {DATA_ENV} set to one",
+                    hint=f"export {DATA_ENV}=../shared/datasets/cifar10-jpeg.tar.xz once, or --dataset synthetic for a smoke run",
+                )
+
+        loader.check = check  # type: ignore[attr-defined]
         return func(*args, load_data=loader, **kwargs)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def no_empty_folders_left(*directories: str | os.PathLike | None) -> Iterator[None]:
+    """If the command fails, remove the folders among ``directories`` (and their parents) that it
+    created and that are still empty: a refused command leaves nothing behind.
+
+    Only folders that did not exist when the block started are candidates, and ``os.rmdir`` removes
+    only empty ones, so nothing anyone wrote is ever touched.
+    """
+    created: list[list[Path]] = []
+    for directory in directories:
+        if directory is None:
+            continue
+        chain, path = [], Path(directory)
+        while not path.exists() and not path.is_symlink() and path != path.parent:
+            chain.append(path)  # deepest first
+            path = path.parent
+        created.append(chain)
+    try:
+        yield
+    except BaseException:
+        for chain in created:
+            for path in chain:
+                try:
+                    os.rmdir(path)
+                except FileNotFoundError:  # never created (or already removed): its parent may still be
+                    continue
+                except OSError:  # not empty (something was written) or not ours to remove
+                    break
+        raise
 
 
 class CheckpointType(click.ParamType):

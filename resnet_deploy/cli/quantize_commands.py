@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from ..errors import UserError
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
-from .options import CHECKPOINT, dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
 
 
 def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
@@ -38,7 +39,7 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
               help="PTQ: re-centre every layer's output mean on the calibration images (float bias, free at inference).")
 @click.option("--output", "-o", type=click.Path(), help="Artifact directory [calibration/<run-name>].")
 @click.option("--run-name", help="Name of the artifact directory under calibration/ [<checkpoint dir>-<target>].")
-@click.option("--eval-batch-size", default=500, show_default=True, type=click.IntRange(min=1))
+@click.option("--eval-batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Test images per forward pass of the FP32/int8 comparison.")
 @click.option("--qat", is_flag=True, help="Quantization-aware fine-tuning instead of post-training calibration.")
 @click.option("--epochs", default=3, show_default=True, type=int, help="QAT: fine-tuning epochs.")
 @click.option("--lr", default=1e-3, show_default=True, type=float, help="QAT: learning rate (cosine-decayed).")
@@ -80,24 +81,32 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
         raise UserError("--sensitivity analyses post-training quantization; run it without --qat")
     if not qat and resume:
         raise UserError("--resume continues an interrupted --qat run; add --qat")
+    _refuse_given(QAT_ONLY, unless=qat, why="only --qat (quantization-aware fine-tuning) reads {options}",
+                  hint="add --qat, or drop {options}")
+    _refuse_given(PTQ_ONLY, unless=not qat, why="{options}: QAT has no bias-correction pass", hint="drop {options} or --qat")
+    _refuse_given(SENSITIVITY_ONLY, unless=sensitivity, why="only --sensitivity reads {options}", hint="add --sensitivity, or drop {options}")
+    _refuse_given(("percentile",), unless=method == "percentile", why=f"{{options}} is read by --method percentile only, not {method}",
+                  hint="add --method percentile, or drop {options}")
     keep = [part.strip() for part in keep_float.split(",") if part.strip()]
     name = run_name or default_run_name(checkpoint, target, qat)
     if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
         raise UserError(f"--run-name must be a plain directory name, got {run_name!r}")
     output_dir = Path(output) if output else Path("calibration") / name
+    load_data.check()
     loaded = load_checkpoint(checkpoint)
     dataset = load_data()
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     common = dict(target=target, method=method, calib_size=calib_size, keep_float=keep, percentile=percentile,
                   eval_batch_size=eval_batch_size, command=command)
-    if qat:
-        metrics = quantize_stage.quantize_qat(
-            loaded, dataset, output_dir, epochs=epochs, lr=lr, batch_size=batch_size,
-            freeze_observers_epoch=freeze_observers_epoch, freeze_bn_epoch=freeze_bn_epoch, resume=resume, **common,
-        )
-    else:
-        metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, bias_correction=bias_correction, **common)
+    with no_empty_folders_left(output_dir):
+        if qat:
+            metrics = quantize_stage.quantize_qat(
+                loaded, dataset, output_dir, epochs=epochs, lr=lr, batch_size=batch_size,
+                freeze_observers_epoch=freeze_observers_epoch, freeze_bn_epoch=freeze_bn_epoch, resume=resume, **common,
+            )
+        else:
+            metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, bias_correction=bias_correction, **common)
     result = {"artifact": str(output_dir), "target": target, "method": method, **_headline(metrics)}
     if sensitivity:
         report = quantize_stage.sensitivity_analysis(
@@ -106,6 +115,31 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
         )
         result["sensitivity"] = {"report": str(output_dir / "sensitivity.json"), "plan": report["plan"]}
     echo_json(result)
+
+
+# Options that only one mode reads: given in another mode they would be silently ignored.
+QAT_ONLY = ("epochs", "lr", "batch_size", "freeze_observers_epoch", "freeze_bn_epoch", "resume")
+PTQ_ONLY = ("bias_correction",)
+SENSITIVITY_ONLY = ("sensitivity_mode", "sensitivity_images", "max_float_layers")
+
+
+def _refuse_given(names: tuple[str, ...], *, unless: bool, why: str, hint: str) -> None:
+    """Exit 2 naming, as typed, each option of ``names`` given on the command line, unless ``unless``."""
+    if unless:
+        return
+    ctx = click.get_current_context()
+    given = ", ".join(_spelled(ctx, name) for name in names if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE)
+    if given:
+        raise UserError(why.format(options=given), hint=hint.format(options=given))
+
+
+def _spelled(ctx: click.Context, name: str) -> str:
+    """How the user wrote an option: --no-bias-correction rather than bias_correction."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    value = ctx.params.get(name)
+    if getattr(param, "secondary_opts", None) and value is False:
+        return param.secondary_opts[0]
+    return param.opts[0]
 
 
 @click.command("quantize-info")

@@ -8,7 +8,7 @@ from .. import progress
 from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
 from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
-from .options import CHECKPOINT, dataset_options, echo_json
+from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
 
 
 @click.command()
@@ -17,19 +17,19 @@ from .options import CHECKPOINT, dataset_options, echo_json
 @click.option("--shortcut", type=click.Choice(["A", "B"]), help="A: zero-pad identity (default for 6n+2). B: 1x1 projection (default for 18..152).")
 @dataset_options
 @click.option("--output", "-o", default="runs/train", show_default=True, type=click.Path(), help="Run directory: last.pt, best.pt, metrics.jsonl/csv.")
-@click.option("--epochs", default=30, show_default=True, type=int)
+@click.option("--epochs", default=30, show_default=True, type=int, help="Passes over the training split.")
 @click.option("--batch-size", default=128, show_default=True, type=int, help="Global batch size (split across ranks under torchrun).")
 @click.option("--lr", default=0.1, show_default=True, type=float, help="Peak learning rate.")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=TrainConfig.optimizer, show_default=True)
-@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=TrainConfig.optimizer, show_default=True, help="sgd (with --momentum, the paper's) or adamw.")
+@click.option("--momentum", default=0.9, show_default=True, type=float, help="SGD momentum (unused by AdamW).")
 @click.option("--nesterov", is_flag=True, help="Nesterov momentum for SGD.")
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float, help="Not applied to BN and biases.")
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=TrainConfig.schedule, show_default=True, help="multistep is the paper's: /10 at 50% and 75% of the run.")
 @click.option("--milestones", default="0.5,0.75", show_default=True, help="multistep decay points as fractions of the run.")
 @click.option("--gamma", default=0.1, show_default=True, type=float, help="multistep decay factor.")
 @click.option("--warmup-epochs", default=0.0, show_default=True, type=float, help="Linear lr warm-up (the paper warms ResNet110 up).")
-@click.option("--label-smoothing", default=0.0, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float, help="Cross-entropy label smoothing, in [0, 1).")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the initial weights, the data order and the augmentation.")
 @click.option("--precision", type=click.Choice(PRECISION_CHOICES), default=TrainConfig.precision, show_default=True,
               help="Autocast precision. auto: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX) and on GPUs that compute it natively, else fp32. "
               "bf16 also runs elsewhere (emulated, slower); fp16 is for CUDA GPUs (loss-scaled).")
@@ -58,15 +58,17 @@ def train(load_data, output, milestones, compile_, resume, **options):
         raise click.BadParameter(f"expected comma-separated fractions, got {milestones!r}", param_hint="--milestones") from None
     config = TrainConfig(milestones=fractions, compile=compile_, **options)
     config.validate()
+    load_data.check()
     with context_from_environment(config) as dist:
         if not dist.is_main:
             progress.set_enabled(False)
-        else:
-            # A read-only or full --output is reported before minutes of dataset decoding, not after.
-            ensure_writable_dir(output, needed_bytes=64 << 20, what="--output")
-        dataset = load_data()
-        config.dataset = dataset.name
-        result = run_training(config, dataset, output, resume=resume, dist=dist)
+        with no_empty_folders_left(output if dist.is_main else None):
+            if dist.is_main:
+                # A read-only or full --output is reported before minutes of dataset decoding, not after.
+                ensure_writable_dir(output, needed_bytes=64 << 20, what="--output")
+            dataset = load_data()
+            config.dataset = dataset.name
+            result = run_training(config, dataset, output, resume=resume, dist=dist)
         if dist.is_main:
             echo_json(result)
 
@@ -74,14 +76,21 @@ def train(load_data, output, milestones, compile_, resume, **options):
 @click.command("eval")
 @click.argument("checkpoint", type=CHECKPOINT)
 @dataset_options
-@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Test images per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:N.")
 @click.option("--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
               help="flip: also report the mean of the image's and its mirror's softmax as tta_flip_top1/top5/loss; "
               "top1/top5/loss stay single crop.")
 def eval_command(checkpoint, load_data, batch_size, device, tta):
     """Top-1 (and top-5), loss and images/s of CHECKPOINT on the test split (single crop; --tta flip adds
-    the flip-averaged figures beside them)."""
+    the flip-averaged figures beside them).
+
+    \b
+    Examples:
+      resnet-deploy eval pretrained:resnet20 --data-dir ../shared/datasets/cifar10-jpeg.tar.xz
+      RESNET_DEPLOY_DATA=../shared/datasets/cifar10-jpeg.tar.xz resnet-deploy eval pretrained:resnet20 --tta flip --test-subset 1000
+      resnet-deploy eval runs/r20/best.pt --device cpu --batch-size 500     (after resnet-deploy train -o runs/r20, RESNET_DEPLOY_DATA set)
+    """
     from ..checkpoint import check_dataset_matches, load_checkpoint
     from ..evaluation import evaluate
     from ..train import resolve_device
@@ -97,23 +106,38 @@ def eval_command(checkpoint, load_data, batch_size, device, tta):
 @click.command()
 @dataset_options
 def data(load_data):
-    """Decode (and cache) a dataset and print what it holds."""
+    """Decode (and cache) a dataset and print what it holds: classes, split sizes, source and the
+    normalisation every checkpoint trained on it records.
+
+    \b
+    Examples:
+      resnet-deploy data --data-dir ../shared/datasets/cifar10-jpeg.tar.xz
+      RESNET_DEPLOY_DATA=../shared/datasets/cifar10-jpeg.tar.xz resnet-deploy data
+      resnet-deploy data --dataset synthetic --train-subset 512 --test-subset 128
+    """
     echo_json(load_data().describe())
 
 
 @click.command()
 # Capped so that 20 models x a classifier of this width stay a few hundred MB, not an out-of-memory kill.
-@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2, max=10_000))
+@click.option("--num-classes", default=10, show_default=True, type=click.IntRange(min=2, max=10_000),
+              help="Width of the classifier the counts are for (10: CIFAR-10, 100: CIFAR-100).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def models(num_classes, as_json):
     """List the models with parameter counts and FLOPs (one 32x32 image, multiply-add = 2 FLOPs), and
     which of them are shipped pretrained, with their FP32 top-1 on the full test split. Every command
     that takes a checkpoint takes pretrained:NAME.
+
+    \b
+    Examples:
+      resnet-deploy models
+      resnet-deploy models --num-classes 100
+      resnet-deploy models --json
     """
-    from ..models import available_models, create_model
+    from ..models import ModelSpec, available_models
 
     rows = [
-        _model_row(create_model(name, num_classes, plain=plain), name.replace("resnet", "plain") if plain else name)
+        _model_row(ModelSpec(name, num_classes, plain), name.replace("resnet", "plain") if plain else name)
         for name in available_models()
         for plain in (False, True)
     ]
@@ -134,9 +158,11 @@ def models(num_classes, as_json):
     Console().print(table)
 
 
-def _model_row(model, label: str) -> dict:
-    from ..models import count_flops, count_parameters
+def _model_row(spec, label: str) -> dict:
+    """One row of ``models``, counted on a meta-device shell of the model: no weights are built."""
+    from ..models import build_model_shell, count_flops, count_parameters
 
+    model = build_model_shell(spec)
     return {
         "model": label,
         "shortcut": "-" if model.plain else model.shortcut_option,
@@ -148,7 +174,7 @@ def _model_row(model, label: str) -> dict:
 
 def _add_pretrained(rows: list[dict], num_classes: int) -> None:
     """Attach each shipped model of this class count to its row (a depth outside the list gets its own row)."""
-    from ..models import ModelSpec, build_model
+    from ..models import ModelSpec
     from ..zoo import PREFIX, list_pretrained
 
     for entry in list_pretrained():
@@ -158,7 +184,7 @@ def _add_pretrained(rows: list[dict], num_classes: int) -> None:
         key = (spec.display_name, "-" if spec.plain else spec.shortcut)
         row = next((row for row in rows if (row["model"], row["shortcut"]) == key), None)
         if row is None:
-            row = _model_row(build_model(spec), spec.display_name)
+            row = _model_row(spec, spec.display_name)
             rows.append(row)
         row["pretrained"].append(
             {"name": PREFIX + entry["name"], "top1": entry["top1_full"]["top1"], "dataset": entry["dataset"]["name"], "epochs": entry["epochs"]}
