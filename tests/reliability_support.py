@@ -2,21 +2,25 @@
 
 The figures (faults injected, inputs tried, files torn) that docs/reliability.md quotes are recorded
 by the tests themselves into ``reliability-figures.json`` in pytest's base temporary directory, and
-also into ``$RESNET_DEPLOY_FIGURES_DIR`` when that is set.
+also into ``$RESNET_DEPLOY_FIGURES_DIR`` when that is set. Every figure is counted from what the test
+observed (``observed``): a test that fails still records what it saw, marked ``"test failed": true``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import pickle
 import subprocess
-import time
 import sys
 import tarfile
+import time
 import zipfile
+from collections import Counter
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -42,6 +46,28 @@ def record_figures(base: Path, name: str, data: dict) -> None:
 def figures(tmp_path_factory):
     base = tmp_path_factory.getbasetemp()
     return lambda name, data: record_figures(base, name, data)
+
+
+@contextlib.contextmanager
+def observed(figures, name: str, *counted: str, extra: Callable[[], dict] | None = None) -> Iterator[Counter]:
+    """A Counter of what a test observes, recorded as figure ``name`` when the block ends, also when it
+    fails: so every figure is a count of what happened in that run, never a constant. ``counted``
+    are the keys shown even when nothing of the kind was seen (their 0 is then a count, not a claim);
+    ``extra()`` adds computed values (read at the end)."""
+    counts: Counter = Counter({key: 0 for key in counted})
+    failed = True
+    try:
+        yield counts
+        failed = False
+    finally:
+        data = {**counts, **(extra() if extra else {})}
+        if failed:
+            data["test failed"] = True
+        figures(name, data)
+
+
+def traceback_in(text: str) -> bool:
+    return "Traceback" in text
 
 
 # ------------------------------------------------------------------------------------ hostile pickles

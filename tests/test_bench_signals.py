@@ -23,7 +23,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from reliability_support import figures  # noqa: F401 - a fixture
+from reliability_support import figures, traceback_in  # noqa: F401 - figures is a fixture
 from resnet_deploy.backends import PyTorchRunner, fp32_runner
 from resnet_deploy.bench import BenchSettings, run_benchmark
 from resnet_deploy.checkpoint import load_checkpoint
@@ -108,6 +108,8 @@ def test_bench_interrupted_writes_partial_results(tmp_path, synthetic_checkpoint
     stdout, _ = process.communicate(timeout=120)
     stopped_s = time.monotonic() - sent
     stderr = log.read_text()
+    seen = {"exit_code": process.returncode, "tracebacks": int(traceback_in(stderr)), "seconds from signal to exit": round(stopped_s, 1)}
+    figures(f"bench_{signal.Signals(signum).name}", seen)  # recorded before any check: a failing run reports what it saw
     assert process.returncode == 128 + signum, stderr
     results = _check_partial_results(tmp_path / "run", signum, stderr, before)
     assert json.loads(stdout)["results"] == str(tmp_path / "run" / "results.json")  # where they are, on stdout too
@@ -115,11 +117,8 @@ def test_bench_interrupted_writes_partial_results(tmp_path, synthetic_checkpoint
     rows = {row["name"]: row for row in results["rows"]}
     assert rows["onnxruntime"]["status"] == "skipped"  # a row that could not run keeps its own status
     ok = [e["batch_size"] for e in rows["pytorch-fp32"]["latency"] if e["status"] == "ok"]
-    figures(
-        f"bench_{signal.Signals(signum).name}",
-        {"exit_code": process.returncode, "batch sizes measured": ok, "batch sizes marked interrupted": 6 - len(ok),
-         "seconds from signal to exit": round(stopped_s, 1), "tracebacks": 0},
-    )  # fmt: skip
+    marked = [e["batch_size"] for e in rows["pytorch-fp32"]["latency"] if e["status"] == "interrupted"]
+    figures(f"bench_{signal.Signals(signum).name}", {**seen, "batch sizes measured": ok, "batch sizes marked interrupted": len(marked)})
 
 
 @pytest.mark.slow
@@ -134,6 +133,8 @@ def test_pipeline_interrupted_in_its_bench_stage(tmp_path, synthetic_checkpoint,
     process.send_signal(signal.SIGTERM)
     process.communicate(timeout=120)
     stderr = log.read_text()
+    seen = {"exit_code": process.returncode, "tracebacks": int(traceback_in(stderr))}
+    figures("pipeline_bench_SIGTERM", seen)  # recorded before any check, completed below
     assert process.returncode == 128 + signal.SIGTERM, stderr
     folder = tmp_path / "benchmarks" / "results" / "pipe"
     results = _check_partial_results(folder, signal.SIGTERM, stderr, before)
@@ -141,7 +142,7 @@ def test_pipeline_interrupted_in_its_bench_stage(tmp_path, synthetic_checkpoint,
     assert stages["bench"]["status"] == "failed" and "interrupted by SIGTERM" in stages["bench"]["reason"]
     assert stages["export-tensorrt"]["status"] == "done"
     assert {stage["name"]: stage["status"] for stage in results["pipeline"]["stages"]}["bench"] == "failed"
-    figures("pipeline_bench_SIGTERM", {"exit_code": process.returncode, "bench stage": stages["bench"]["status"], "tracebacks": 0})
+    figures("pipeline_bench_SIGTERM", {**seen, "bench stage": stages["bench"]["status"]})
 
 
 class _SignalOnFirstLatencyCall(PyTorchRunner):

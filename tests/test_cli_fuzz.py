@@ -27,7 +27,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reliability_support import code_payloads, figures, valid_members, write_tar  # noqa: F401 - figures is a fixture
+from reliability_support import code_payloads, figures, observed, valid_members, write_tar  # noqa: F401 - figures is a fixture
 from resnet_deploy import models as models_module
 from resnet_deploy.checkpoint import DIGEST_KEY, content_digest
 from resnet_deploy.cli import main
@@ -87,13 +87,13 @@ def in_sandbox(sandbox, monkeypatch):
 THIRD_PARTY_HOME_WRITES = (".cache/Microsoft/DeveloperTools",)
 
 
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file outside the allowed folders, with size and modification time."""
+def snapshot(root: Path, skip: tuple[str, ...] = ()) -> dict[str, tuple[int, int]]:
+    """Every file outside the allowed folders (and ``skip``), with size and modification time."""
     found = {}
     for path in root.rglob("*"):
         relative = path.relative_to(root)
         if relative.parts[0] in ALLOWED or any(
-            str(relative).startswith(prefix) or prefix.startswith(str(relative) + "/") for prefix in THIRD_PARTY_HOME_WRITES
+            str(relative).startswith(prefix) or prefix.startswith(str(relative) + "/") for prefix in (*THIRD_PARTY_HOME_WRITES, *skip)
         ):
             continue
         stat = path.lstat()
@@ -101,25 +101,35 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return found
 
 
-def run_and_check(root: Path, args: list[str], outcomes: Counter, command: str) -> None:
+def run_and_check(root: Path, args: list[str], outcomes: Counter, command: str, home_cache_allowed: bool = False) -> None:
+    """Run one command line and check it; what is seen (tracebacks, files written outside, exit codes)
+    is counted in ``outcomes`` before any check can fail. ``home_cache_allowed``: a blank
+    $RESNET_DEPLOY_CACHE means the default cache, ~/.cache/resnet-deploy, which is then allowed."""
     before = snapshot(root)
-    home_before = snapshot(root / "home")
+    home_before = snapshot(root / "home", skip=(".cache/resnet-deploy",) if home_cache_allowed else ())
     started = time.perf_counter()
     result = CliRunner().invoke(main, ["-q", *args])
     elapsed = time.perf_counter() - started
     if elapsed > SLOWEST.get(command, (0.0, ""))[0]:
         SLOWEST[command] = (round(elapsed, 1), f"exit {result.exit_code}: {' '.join(args)}")
     context = f"resnet-deploy -q {' '.join(args)}\n{result.output}"
-    assert result.exception is None or isinstance(result.exception, SystemExit), f"{context}\n{result.exc_info}"
-    assert "Traceback" not in result.output, context
+    crashed = not (result.exception is None or isinstance(result.exception, SystemExit)) or "Traceback" in result.output
+    after = snapshot(root)
+    home_after = snapshot(root / "home", skip=(".cache/resnet-deploy",) if home_cache_allowed else ())
+    written = [name for name in after.keys() | before.keys() if after.get(name) != before.get(name)]
+    written += [f"HOME/{name}" for name in home_after.keys() | home_before.keys() if home_after.get(name) != home_before.get(name)]
+    code_ran = (root / "pwned").exists() or (root.parent / "escaped.png").exists()
+    outcomes["tracebacks"] += crashed
+    outcomes["files written outside"] += len(written)
+    outcomes["code ran or escaped"] += code_ran
+    outcomes[f"{command}: exit {'traceback' if crashed else result.exit_code}"] += 1
+    assert not crashed, f"{context}\n{result.exc_info}"
     # Exit 1 is kept for one outcome: a verification gate (parity, accuracy drop) that the model
     # failed. The tool worked; the message says which check failed.
     verified = command in VERIFYING and result.exit_code == 1 and "verification failed:" in result.output
     assert result.exit_code in (0, 2) or verified, context
-    assert snapshot(root) == before, f"files written outside the output dir: {context}"
-    assert snapshot(root / "home") == home_before, f"files written into HOME: {context}"
-    assert not (root / "pwned").exists() and not (root.parent / "escaped.png").exists()
-    outcomes[f"{command}: exit {result.exit_code}"] += 1
+    assert not written, f"files written outside the output dir or into HOME ({written}): {context}"
+    assert not code_ran
     if result.exit_code == 2:
         lines = [line for line in result.output.splitlines() if line.startswith(("error:", "Error:"))]
         assert lines, f"exit 2 without an error line: {context}"
@@ -145,7 +155,10 @@ bad_ints = st.sampled_from(["0", "-1", "-3", str(10**12), str(2**63), "1.5", "x"
 bad_subset = st.sampled_from(["0", "-1", "-3", "1.5", "x", ""])
 bad_floats = st.sampled_from(["nan", "inf", "-inf", "-1", "1e30", "abc", "", "1e999"])
 bad_text = st.sampled_from(["", " ", "abc", "-1", "1,2,x", "../..", "ü", "--help"])
-devices_bad = st.sampled_from(["cuda", "cuda:1", "meta", "mps", "gpu0", "", "cpu:x"])
+# Device strings that look almost right: an empty or negative index, the wrong case, a space, an index
+# past any GPU here, another device type's index.
+devices_bad = st.sampled_from(["cuda", "cuda:1", "meta", "mps", "gpu0", "", "cpu:x", "cuda:", "cuda:-1", "cpu:0", "CUDA", "cuda:99", " cpu",
+                               "cuda:0:1", "cuda:1.0"])
 checkpoints_bad = st.sampled_from(["ckpt/truncated.pt", "ckpt/evil.pt", "ckpt/hundred-classes.pt", "missing.pt", "ckpt", "junk.bin",
                                    "pretrained:nope", "pretrained:"])
 
@@ -279,17 +292,22 @@ def test_core_commands_never_crash_or_write_outside(in_sandbox, figures, command
 
 def fuzz_command(sandbox, figures, command: str, strategy, examples: int) -> None:
     """Draw ``examples`` command lines from ``strategy``, check each with :func:`run_and_check`,
-    and record the outcome counts and the distinct error messages as figures."""
-    outcomes: Counter = Counter()
+    and record the outcome counts and the distinct error messages as figures: all counted from what
+    the runs did, and recorded also when a run fails the test."""
     MESSAGES[command] = set()
 
-    @fuzz_settings(examples)
-    @given(strategy)
-    def check(args):
-        run_and_check(sandbox, args, outcomes, command)
+    def computed() -> dict:
+        return {"invocations": sum(v for k, v in outcomes.items() if k.startswith(f"{command}: exit ")),
+                "distinct error messages": len(MESSAGES[command]), "slowest run s": SLOWEST.get(command, (0, ""))[0]}  # fmt: skip
 
-    check()
-    figures(f"cli_fuzz_{command}", {"invocations": sum(outcomes.values()), **outcomes, "distinct error messages": len(MESSAGES[command]), "slowest run s": SLOWEST.get(command, (0, ""))[0], "tracebacks": 0, "files written outside": 0})
+    with observed(figures, f"cli_fuzz_{command}", "tracebacks", "files written outside", "code ran or escaped", extra=computed) as outcomes:
+
+        @fuzz_settings(examples)
+        @given(strategy)
+        def check(args):
+            run_and_check(sandbox, args, outcomes, command)
+
+        check()
     print("slowest:", SLOWEST.get(command))
     print("\n".join(sorted(MESSAGES[command])))
 
@@ -392,6 +410,7 @@ stage_strategies = {
                 ("--name", st.just("p2"), st.sampled_from(["../up", "", "a/b"])),
                 ("--checkpoint", st.just("ckpt/valid.pt"), checkpoints_bad),
                 ("--model", st.just("resnet8"), st.just("foo")),
+                ("--train-device", st.just("cpu"), devices_bad),
                 ("--train-batch-size", ints(4, 16), bad_ints),
                 ("--lr", floats(1e-3, 0.1), bad_floats),
                 ("--quantization", st.sampled_from(["ptq", "none"]), st.just("fp4")),
@@ -422,3 +441,94 @@ def test_verify_thresholds_refuse_nan(in_sandbox):
          "--no-latency", "--backend", "pytorch", "--verify", "--max-int8-drop", "nan", "--output-root", "out/bench-nan"],
     )  # fmt: skip
     assert result.exit_code == 2 and "--max-int8-drop" in result.output, result.output
+
+
+# ------------------------------------------------------------------------------------------ environment variables
+
+# Values of resnet-deploy's own environment variables (grep os.environ in resnet_deploy/): blank, junk,
+# negative, huge, a file where a folder is meant, a folder inside a file, a zoo without or with a bad registry.
+ENVIRONMENT_VALUES = {
+    "RESNET_DEPLOY_CACHE": ["", "   ", "cache/from-env", "junk.bin", "junk.bin/sub"],
+    "RESNET_DEPLOY_MAX_ARCHIVE_BYTES": ["", "abc", "-1", "0", "1e9", "10", " 5000000 ", "9" * 30],
+    "RESNET_DEPLOY_ZOO": ["", "missing-zoo", "junk.bin", "empty", "zoo/not-a-registry", "zoo/entry-without-file", "zoo/entry-outside"],
+    "RESNET_DEPLOY_TENSORRT_FLAVOUR": ["", "bogus", "TENSORRT-RTX", " tensorrt ", "tensorrt_rtx"],
+    "RESNET_DEPLOY_QUIET": ["", "0", "1", "no"],
+}
+ENVIRONMENT_COMMANDS = [
+    ["data", "--dataset", "imagefolder", "--data-dir", "data.tar.gz"],
+    ["models", "--json"],
+    ["eval", "pretrained:resnet20", "--dataset", "synthetic", "--test-subset", "16"],
+    ["check-engine", "engine/model.sm86.engine"],
+]
+
+
+def _environment_inputs(sandbox: Path) -> None:
+    """Zoos with broken registries and an engine with a valid sidecar (check-engine then imports TensorRT,
+    which is where the flavour variable is read). Made once, before any snapshot."""
+    import hashlib
+    import json
+
+    zoo = sandbox / "zoo"
+    if zoo.exists():
+        return
+    entry = {"name": "resnet20", "file": "checkpoints/resnet20.pt", "sha256": "0" * 64,
+             "model": {"name": "resnet20", "num_classes": 10}, "dataset": {"name": "cifar10"}, "top1_full": {"top1": 1.0}, "epochs": 1}  # fmt: skip
+    registries = {
+        "not-a-registry": [],
+        "entry-without-file": {"format": "resnet-deploy/zoo", "version": 1, "models": {"resnet20": {k: v for k, v in entry.items() if k != "file"}}},
+        "entry-outside": {"format": "resnet-deploy/zoo", "version": 1, "models": {"resnet20": {**entry, "file": "../ckpt/valid.pt"}}},
+    }
+    for name, registry in registries.items():
+        (zoo / name).mkdir(parents=True)
+        (zoo / name / "registry.json").write_text(json.dumps(registry))
+    engine = sandbox / "engine" / "model.sm86.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"not really an engine")
+    sidecar = {
+        "format": "resnet-deploy/tensorrt-engine", "version": 1, "flavour": "tensorrt-rtx", "tensorrt_version": "1.7.1.116",
+        "precision": "fp32", "target": {"compute_capability": "8.6", "gpu_name": None, "current_gpu": False},
+        "engine": {"file": engine.name, "sha256": hashlib.sha256(engine.read_bytes()).hexdigest(), "bytes": engine.stat().st_size},
+        "onnx": {"file": "model.onnx", "sha256": "0" * 64, "scheme": None},
+        "shapes": {"input": {"min": [1, 3, 32, 32], "opt": [1, 3, 32, 32], "max": [4, 3, 32, 32]}, "logits": [-1, 10]},
+        "min_batch": 1, "opt_batch": 1, "max_batch": 4, "dynamic_batch": True,
+    }  # fmt: skip
+    (engine.parent / (engine.name + ".json")).write_text(json.dumps(sidecar))
+
+
+ENVIRONMENT_EXAMPLES = int(os.environ.get("RESNET_DEPLOY_FUZZ_ENV_EXAMPLES", "40"))
+
+
+def test_environment_variables_never_crash_or_write_outside(in_sandbox, figures, monkeypatch):
+    """One to three of resnet-deploy's environment variables set to drawn values, then a command that
+    reads them: exit 0 or 2 with an ``error:`` line naming the problem, no traceback, nothing written
+    outside the sandbox's output and cache folders (a blank cache variable means the default cache in
+    HOME, which is then allowed). The import-time parse of RESNET_DEPLOY_MAX_ARCHIVE_BYTES, which
+    in-process cannot show, is tested in a real process in test_reliability_formats.py."""
+    _environment_inputs(in_sandbox)
+    MESSAGES["environment"] = set()
+    names = sorted(ENVIRONMENT_VALUES)
+
+    def computed() -> dict:
+        return {"invocations": sum(v for k, v in outcomes.items() if k.startswith("environment: exit ")),
+                "distinct error messages": len(MESSAGES["environment"])}  # fmt: skip
+
+    drawn = st.tuples(
+        st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True).flatmap(
+            lambda chosen: st.tuples(*[st.tuples(st.just(n), st.sampled_from(ENVIRONMENT_VALUES[n])) for n in chosen])
+        ),
+        st.sampled_from(ENVIRONMENT_COMMANDS),
+    )
+    with observed(figures, "cli_fuzz_environment", "tracebacks", "files written outside", "code ran or escaped", extra=computed) as outcomes:
+
+        @fuzz_settings(ENVIRONMENT_EXAMPLES)
+        @given(drawn)
+        def check(case):
+            settings_, args = case
+            with pytest.MonkeyPatch.context() as patch:
+                for name, value in settings_:
+                    patch.setenv(name, value)
+                blank_cache = any(name == "RESNET_DEPLOY_CACHE" and not value.strip() for name, value in settings_)
+                run_and_check(in_sandbox, list(args), outcomes, "environment", home_cache_allowed=blank_cache)
+
+        check()
+    print("\n".join(sorted(MESSAGES["environment"])))

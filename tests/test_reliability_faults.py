@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from reliability_support import cli_subprocess, figures, kill_or_collect, run_cli, wait_for  # noqa: F401 - figures is a fixture
+from reliability_support import cli_subprocess, figures, kill_or_collect, observed, run_cli, traceback_in, wait_for  # noqa: F401 - figures is a fixture
 from resnet_deploy import data as data_module
 from resnet_deploy import fileio
 from resnet_deploy.checkpoint import load_checkpoint, read_checkpoint
@@ -54,10 +54,14 @@ def _state_dict(run: Path) -> dict:
     return read_checkpoint(run / "last.pt")["state_dict"]
 
 
-def _assert_same_weights(run: Path, reference: Path) -> None:
+def _differing_tensors(run: Path, reference: Path) -> list[str]:
+    """Names of the weights that differ from the uninterrupted run's (a missing or extra name counts)."""
     ours, theirs = _state_dict(run), _state_dict(reference)
-    assert ours.keys() == theirs.keys()
-    different = [key for key in ours if not torch.equal(ours[key], theirs[key])]
+    return sorted(ours.keys() ^ theirs.keys()) + [key for key in ours if key in theirs and not torch.equal(ours[key], theirs[key])]
+
+
+def _assert_same_weights(run: Path, reference: Path) -> None:
+    different = _differing_tensors(run, reference)
     assert not different, f"{len(different)} tensors differ from the uninterrupted run, e.g. {different[:3]}"
 
 
@@ -102,7 +106,12 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
     reaches the last epoch must end with exactly the weights of the uninterrupted run."""
     rng = random.Random(int(os.environ.get("RESNET_DEPLOY_KILL_SEED", "20240601")))
     kills = int(os.environ.get("RESNET_DEPLOY_KILLS", "12"))
-    counts: Counter = Counter()
+    with observed(figures, "kill_9_loop", "torn files", "chains resumed to the end with identical weights",
+                  extra=lambda: {"kills": sum(v for k, v in counts.items() if k.startswith("kills:"))}) as counts:
+        _kill_loop(tmp_path, reference_run, rng, kills, counts)
+
+
+def _kill_loop(tmp_path: Path, reference_run: Path, rng: random.Random, kills: int, counts: Counter) -> None:
     chain = 0
     run = tmp_path / f"chain{chain}"
     seen_temporaries: set[str] = set()
@@ -135,25 +144,18 @@ def test_kill_9_at_random_moments_never_tears_a_file_and_resume_is_exact(tmp_pat
         if (run / "last.pt").exists() and read_checkpoint(run / "last.pt")["epoch"] == EPOCHS:
             _assert_same_weights(run, reference_run)
             counts["chains completed between kills"] += 1
+            counts["chains resumed to the end with identical weights"] += 1
             chain += 1
             run = tmp_path / f"chain{chain}"
     final = run_cli([*TRAIN_ARGS, "-o", str(run), "--resume"], cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     _assert_same_weights(run, reference_run)
+    counts["chains resumed to the end with identical weights"] += 1
     assert [row["epoch"] for row in read_checkpoint(run / "last.pt")["history"]] == list(range(1, EPOCHS + 1))
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == list(range(1, EPOCHS + 1))
     assert not list(run.glob(".*.tmp")), "a finished run must clean up temporaries of killed runs"
     assert counts["torn files"] == 0
-    figures(
-        "kill_9_loop",
-        {
-            "kills": sum(v for k, v in counts.items() if k.startswith("kills:")),
-            **{k: v for k, v in counts.items()},
-            "torn files": counts["torn files"],
-            "chains resumed to the end with identical weights": chain + 1,
-        },
-    )
 
 
 @pytest.mark.slow
@@ -163,22 +165,23 @@ def test_signal_mid_epoch_saves_progress_and_resume_is_exact(tmp_path, reference
     exactly the weights of the uninterrupted run."""
     rng = random.Random(signum)
     run = tmp_path / "run"
-    process = cli_subprocess([*TRAIN_ARGS, "-o", str(run)], cwd=tmp_path)
-    assert wait_for(lambda: (run / "last.pt").exists(), process), process.communicate()
-    time.sleep(rng.uniform(0.05, 0.6))
-    process.send_signal(signum)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signum, stderr
-    assert "progress saved to" in stderr and "--resume" in stderr and "Traceback" not in stderr
-    saved = read_checkpoint(run / "last.pt")
-    assert saved["step"] > 0, "the signal must save the batch reached, not only the last epoch"
-    resumed = run_cli([*TRAIN_ARGS, "-o", str(run), "--resume"], cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
-    _assert_same_weights(run, reference_run)
-    figures(
-        f"signal_{signal.Signals(signum).name}",
-        {"exit_code": process.returncode, "saved_at_epoch": saved["epoch"] + 1, "saved_at_batch": saved["step"], "resume_identical": True},
-    )
+    with observed(figures, f"signal_{signal.Signals(signum).name}", "tracebacks") as record:
+        process = cli_subprocess([*TRAIN_ARGS, "-o", str(run)], cwd=tmp_path)
+        assert wait_for(lambda: (run / "last.pt").exists(), process), process.communicate()
+        time.sleep(rng.uniform(0.05, 0.6))
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+        record["exit_code"] = process.returncode
+        record["tracebacks"] += traceback_in(stderr)
+        assert process.returncode == 128 + signum, stderr
+        assert "progress saved to" in stderr and "--resume" in stderr and "Traceback" not in stderr
+        saved = read_checkpoint(run / "last.pt")
+        record["saved_at_epoch"], record["saved_at_batch"] = saved["epoch"] + 1, saved["step"]
+        assert saved["step"] > 0, "the signal must save the batch reached, not only the last epoch"
+        resumed = run_cli([*TRAIN_ARGS, "-o", str(run), "--resume"], cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        record["weights differing from the uninterrupted run"] = len(_differing_tensors(run, reference_run))
+        _assert_same_weights(run, reference_run)
 
 
 # --------------------------------------------------------------------------------------------- storage
@@ -295,8 +298,10 @@ def test_disk_full_mid_run_keeps_the_last_checkpoint_and_resume_finishes(tmp_pat
         if mounted is not None:
             filler[0].unlink()
         train(config(), dataset, run, resume=True)
+        different = _differing_tensors(run, tmp_path / "straight")
+        figures("disk_full_mid_run", {"real tmpfs": mounted is not None, "message": str(info.value).splitlines()[0][-120:],
+                                      "weights differing from an uninterrupted run": len(different)})  # fmt: skip
         _assert_same_weights(run, tmp_path / "straight")
-    figures("disk_full_mid_run", {"real tmpfs": mounted is not None, "message": str(info.value).splitlines()[0][-120:], "resume_identical": True})
 
 
 def test_nan_loss_is_reported_with_stage_and_batch(tmp_path, figures):
@@ -321,8 +326,10 @@ def test_sigterm_in_a_stage_without_its_own_stop_exits_cleanly(tmp_path, synthet
     time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
+    figures("sigterm_during_ptq", {"exit_code": process.returncode, "tracebacks": int(traceback_in(stderr)),
+                                   "manifest written": (output / "manifest.json").exists(),
+                                   "temporary files left": len(list(output.glob(".*.tmp")))})  # fmt: skip
     assert process.returncode == 143, stderr
     assert "interrupted by SIGTERM" in stderr and "Traceback" not in stderr
     assert not (output / "manifest.json").exists()
     assert not list(output.glob(".*.tmp"))
-    figures("sigterm_during_ptq", {"exit_code": process.returncode})

@@ -7,6 +7,7 @@ place it is read from. Decoders are also fuzzed: any bytes give a dataset or a `
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -29,11 +30,13 @@ from PIL import Image
 from reliability_support import (
     code_payloads,
     figures,  # noqa: F401 - fixture
+    observed,
     png_bytes,
     random_png,
     run_cli,
     tar_member,
     tar_with_declared_size,
+    traceback_in,
     valid_members,
     write_tar,
     write_zip,
@@ -51,10 +54,14 @@ def _private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("RESNET_DEPLOY_CACHE", str(tmp_path / "cache"))
 
 
-def invoke(*args: str):
+def invoke(*args: str, counts: Counter | None = None):
+    """The CLI in-process. With ``counts``, a traceback (in the output, or an exception other than
+    SystemExit) is counted under "tracebacks" before the test fails on it."""
     result = CliRunner().invoke(main, ["-q", *args])
-    assert "Traceback" not in result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    crashed = traceback_in(result.output) or not (result.exception is None or isinstance(result.exception, SystemExit))
+    if counts is not None:
+        counts["tracebacks"] += crashed
+    assert not crashed, f"{result.output}\n{result.exception!r}"
     return result
 
 
@@ -83,24 +90,27 @@ def test_code_running_checkpoints_are_refused(tmp_path, synthetic_checkpoint, fi
     level and inside an otherwise valid checkpoint."""
     marker = tmp_path / "pwned"
     genuine = torch.load(synthetic_checkpoint, weights_only=True)
-    tried = 0
-    for payload_name, payload in code_payloads(marker).items():
-        for shape, obj in (("bare", {"x": payload}), ("inside-valid-checkpoint", {**genuine, "history": [payload]})):
-            for container, blob in _containers(obj).items():
-                path = tmp_path / f"{payload_name}-{shape}-{container}.pt"
-                path.write_bytes(blob)
-                with pytest.raises(UserError, match="was refused") as info:
-                    load_checkpoint(path)
-                # Protocol 0 and 5 pickles stop at an opcode the weights-only unpickler lacks (DICT, FRAME)
-                # before it reaches the global; the others name the global in the message.
-                if container in ("torch-zip", "pickle-p2"):
-                    assert "holds objects other than tensors" in str(info.value) and "could run code" in str(info.value)
-                result = invoke("eval", str(path), "--dataset", "synthetic")
-                assert result.exit_code == 2, result.output
-                assert "was refused" in result.output
-                assert not marker.exists(), f"{payload_name} in {container} ran code"
-                tried += 1
-    figures("code_running_checkpoints", {"files_tried": tried, "refused": tried, "code_ran": 0})
+    keys = ("files tried", "refused by load_checkpoint", "refused by eval (exit 2)", "code ran", "tracebacks")
+    with observed(figures, "code_running_checkpoints", *keys) as counts:
+        for payload_name, payload in code_payloads(marker).items():
+            for shape, obj in (("bare", {"x": payload}), ("inside-valid-checkpoint", {**genuine, "history": [payload]})):
+                for container, blob in _containers(obj).items():
+                    path = tmp_path / f"{payload_name}-{shape}-{container}.pt"
+                    path.write_bytes(blob)
+                    counts["files tried"] += 1
+                    with pytest.raises(UserError, match="was refused") as info:
+                        load_checkpoint(path)
+                    counts["refused by load_checkpoint"] += 1
+                    # Protocol 0 and 5 pickles stop at an opcode the weights-only unpickler lacks (DICT, FRAME)
+                    # before it reaches the global; the others name the global in the message.
+                    if container in ("torch-zip", "pickle-p2"):
+                        assert "holds objects other than tensors" in str(info.value) and "could run code" in str(info.value)
+                    result = invoke("eval", str(path), "--dataset", "synthetic", counts=counts)
+                    counts["refused by eval (exit 2)"] += result.exit_code == 2 and "was refused" in result.output
+                    counts["code ran"] += marker.exists()
+                    assert result.exit_code == 2, result.output
+                    assert "was refused" in result.output
+                    assert not marker.exists(), f"{payload_name} in {container} ran code"
 
 
 def test_weights_only_cannot_be_switched_off_from_the_environment(tmp_path):
@@ -124,39 +134,43 @@ def test_truncated_and_bit_flipped_checkpoints(tmp_path, synthetic_checkpoint, f
     blob = synthetic_checkpoint.read_bytes()
     original = load_checkpoint(synthetic_checkpoint).model.state_dict()
     rng = np.random.default_rng(7)
-    outcomes = Counter()
-    for cut in sorted(set(rng.integers(1, len(blob), 40).tolist()) | {1, 100, len(blob) - 1}):
-        path = tmp_path / "cut.pt"
-        path.write_bytes(blob[:cut])
-        with pytest.raises(UserError, match="corrupt or not a torch file|damaged or not a torch file|not a resnet-deploy"):
-            load_checkpoint(path)
-        outcomes["truncated: refused"] += 1
-    for position in rng.integers(0, len(blob), 60).tolist():
+    keys = ("truncated: tried", "truncated: refused", "bit flip: tried", "bit flip: refused",
+            "bit flip: loaded, weights identical (flip in padding)", "loaded with changed weights", "flip inside conv1.weight: refused")  # fmt: skip
+    with observed(figures, "damaged_checkpoints", *keys) as outcomes:
+        for cut in sorted(set(rng.integers(1, len(blob), 40).tolist()) | {1, 100, len(blob) - 1}):
+            path = tmp_path / "cut.pt"
+            path.write_bytes(blob[:cut])
+            outcomes["truncated: tried"] += 1
+            with pytest.raises(UserError, match="corrupt or not a torch file|damaged or not a torch file|not a resnet-deploy"):
+                load_checkpoint(path)
+            outcomes["truncated: refused"] += 1
+        for position in rng.integers(0, len(blob), 60).tolist():
+            damaged = bytearray(blob)
+            damaged[position] ^= 1 << int(rng.integers(0, 8))
+            path = tmp_path / "flip.pt"
+            path.write_bytes(bytes(damaged))
+            outcomes["bit flip: tried"] += 1
+            try:
+                loaded = load_checkpoint(path)
+            except UserError as exc:
+                assert "corrupt" in str(exc) or "damaged" in str(exc) or "malformed" in str(exc) or "not a resnet-deploy" in str(exc)
+                outcomes["bit flip: refused"] += 1
+            else:
+                state = loaded.model.state_dict()
+                identical = all(torch.equal(state[key], original[key]) for key in original)
+                outcomes["bit flip: loaded, weights identical (flip in padding)" if identical else "loaded with changed weights"] += 1
+                assert identical, f"flip at {position} changed weights"
+        # A flip inside the first weight tensor's bytes: the case a zip CRC would catch, and torch's reader does not.
+        raw = torch.load(synthetic_checkpoint, weights_only=True)
+        first = raw["state_dict"]["conv1.weight"].numpy().tobytes()
+        position = blob.index(first[:64]) + 8
         damaged = bytearray(blob)
-        damaged[position] ^= 1 << int(rng.integers(0, 8))
-        path = tmp_path / "flip.pt"
-        path.write_bytes(bytes(damaged))
-        try:
-            loaded = load_checkpoint(path)
-        except UserError as exc:
-            assert "corrupt" in str(exc) or "damaged" in str(exc) or "malformed" in str(exc) or "not a resnet-deploy" in str(exc)
-            outcomes["bit flip: refused"] += 1
-        else:
-            state = loaded.model.state_dict()
-            assert all(torch.equal(state[key], original[key]) for key in original), f"flip at {position} changed weights"
-            outcomes["bit flip: loaded, weights identical (flip in padding)"] += 1
-    # A flip inside the first weight tensor's bytes: the case a zip CRC would catch, and torch's reader does not.
-    raw = torch.load(synthetic_checkpoint, weights_only=True)
-    first = raw["state_dict"]["conv1.weight"].numpy().tobytes()
-    position = blob.index(first[:64]) + 8
-    damaged = bytearray(blob)
-    damaged[position] ^= 0x10
-    (tmp_path / "weight-flip.pt").write_bytes(bytes(damaged))
-    assert not torch.equal(torch.load(tmp_path / "weight-flip.pt", weights_only=True)["state_dict"]["conv1.weight"], raw["state_dict"]["conv1.weight"])
-    with pytest.raises(UserError, match="does not match the digest stored in it"):
-        load_checkpoint(tmp_path / "weight-flip.pt")
-    outcomes["flip inside conv1.weight: refused"] = 1
-    figures("damaged_checkpoints", dict(outcomes))
+        damaged[position] ^= 0x10
+        (tmp_path / "weight-flip.pt").write_bytes(bytes(damaged))
+        assert not torch.equal(torch.load(tmp_path / "weight-flip.pt", weights_only=True)["state_dict"]["conv1.weight"], raw["state_dict"]["conv1.weight"])
+        with pytest.raises(UserError, match="does not match the digest stored in it"):
+            load_checkpoint(tmp_path / "weight-flip.pt")
+        outcomes["flip inside conv1.weight: refused"] += 1
 
 
 def _edited_checkpoint(source: Path, target: Path, edit) -> Path:
@@ -332,16 +346,24 @@ def test_hostile_archives_are_refused(tmp_path, figures):
     work.mkdir()
     cases = _hostile_archives(work)
     before = files_under(tmp_path)
-    for case, (archive, message) in cases.items():
-        started = time.perf_counter()
-        result = invoke("data", "--dataset", "imagefolder", "--data-dir", str(archive))
-        assert result.exit_code == 2, (case, result.output)
-        assert message in result.output, (case, result.output)
-        assert time.perf_counter() - started < 30, case
-    created = files_under(tmp_path) - before
-    assert all(name.startswith("cache") for name in created), created
-    assert not list(tmp_path.parent.rglob("escaped.png")) and not Path("/tmp/evil.png").exists()
-    figures("hostile_archives", {"archives_tried": len(cases), "refused_exit_2": len(cases), "files_written_outside": 0})
+    keys = ("archives tried", "refused (exit 2, reason named)", "tracebacks", "files written outside")
+    with observed(figures, "hostile_archives", *keys, extra=lambda: {"slowest refusal s": round(max(seconds, default=0.0), 2)}) as counts:
+        seconds = []
+        for case, (archive, message) in cases.items():
+            started = time.perf_counter()
+            counts["archives tried"] += 1
+            result = invoke("data", "--dataset", "imagefolder", "--data-dir", str(archive), counts=counts)
+            seconds.append(time.perf_counter() - started)
+            counts["refused (exit 2, reason named)"] += result.exit_code == 2 and message in result.output
+            assert result.exit_code == 2, (case, result.output)
+            assert message in result.output, (case, result.output)
+            assert seconds[-1] < 30, case
+        created = files_under(tmp_path) - before
+        outside = [name for name in created if not name.startswith("cache")]
+        escaped = list(tmp_path.parent.rglob("escaped.png")) + [p for p in [Path("/tmp/evil.png")] if p.exists()]
+        counts["files written outside"] += len(outside) + len(escaped)
+        assert not outside, outside
+        assert not escaped, escaped
 
 
 def test_archive_size_limit_from_environment(tmp_path, monkeypatch):
@@ -355,6 +377,7 @@ def test_archive_size_limit_from_environment(tmp_path, monkeypatch):
     )
     assert result.returncode == 2 and "exceed the size limit" in result.stderr, result.stderr
     assert "RESNET_DEPLOY_MAX_ARCHIVE_BYTES" in result.stderr
+    monkeypatch.delenv(data_module.MAX_ARCHIVE_BYTES_ENV, raising=False)  # in-process: the default limit, patched
     monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", 10_000)
     assert invoke("data", "--dataset", "imagefolder", "--data-dir", str(archive)).exit_code == 2
     monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", 1 << 30)
@@ -487,41 +510,45 @@ def _mutate(data: bytes, mutations) -> bytes:
 def test_fuzz_image_decoder(figures):
     """Mutated PNG/JPEG/BMP/GIF/TIFF/WebP/PPM bytes: a 32x32 RGB array or a UserError, nothing else."""
     seeds = _seed_images()
-    outcomes = Counter()
 
-    @FUZZ
-    @given(st.integers(0, len(seeds) - 1), _mutations())
-    def check(seed_index, mutations):
-        try:
-            image = data_module.decode_image(_mutate(seeds[seed_index], mutations), "fuzzed")
-        except UserError:
-            outcomes["refused"] += 1
-        else:
-            assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-            outcomes["decoded"] += 1
+    with observed(figures, "fuzz_image_decoder", "inputs", "decoded", "refused", "other exceptions") as outcomes:
 
-    check()
-    figures("fuzz_image_decoder", {"inputs": sum(outcomes.values()), **outcomes, "other_exceptions": 0})
+        @FUZZ
+        @given(st.integers(0, len(seeds) - 1), _mutations())
+        def check(seed_index, mutations):
+            outcomes["inputs"] += 1
+            with _counting_other_exceptions(outcomes):
+                try:
+                    image = data_module.decode_image(_mutate(seeds[seed_index], mutations), "fuzzed")
+                except UserError:
+                    outcomes["refused"] += 1
+                else:
+                    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+                    outcomes["decoded"] += 1
+
+        check()
 
 
 def test_fuzz_cifar_unpickler(figures):
     """Mutated CIFAR batch pickles (protocols 0-5): a dict or a UserError; never a global outside numpy."""
     batch = {b"data": np.arange(4 * 3072, dtype=np.uint8).reshape(4, 3072), b"labels": [1, 2, 3, 4], b"batch_label": b"x"}
     seeds = [pickle.dumps(batch, protocol=p) for p in range(6)]
-    outcomes = Counter()
 
-    @FUZZ
-    @given(st.integers(0, len(seeds) - 1), _mutations())
-    def check(seed_index, mutations):
-        try:
-            data_module._unpickle(_mutate(seeds[seed_index], mutations), "fuzzed")
-        except UserError:
-            outcomes["refused"] += 1
-        else:
-            outcomes["loaded"] += 1
+    with observed(figures, "fuzz_cifar_unpickler", "inputs", "loaded", "refused", "other exceptions") as outcomes:
 
-    check()
-    figures("fuzz_cifar_unpickler", {"inputs": sum(outcomes.values()), **outcomes, "other_exceptions": 0})
+        @FUZZ
+        @given(st.integers(0, len(seeds) - 1), _mutations())
+        def check(seed_index, mutations):
+            outcomes["inputs"] += 1
+            with _counting_other_exceptions(outcomes):
+                try:
+                    data_module._unpickle(_mutate(seeds[seed_index], mutations), "fuzzed")
+                except UserError:
+                    outcomes["refused"] += 1
+                else:
+                    outcomes["loaded"] += 1
+
+        check()
 
 
 def test_fuzz_archive_reader(tmp_path, figures):
@@ -534,23 +561,36 @@ def test_fuzz_archive_reader(tmp_path, figures):
         ".zip": write_zip(tmp_path / "seed.zip", members).read_bytes(),
     }
     suffixes = sorted(seeds)
-    outcomes = Counter()
 
-    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-    @given(st.sampled_from(suffixes), _mutations(), st.floats(0.05, 1.0))
-    def check(suffix, mutations, keep):
-        blob = _mutate(seeds[suffix], mutations)
-        path = tmp_path / f"fuzzed{suffix}"
-        path.write_bytes(blob[: max(1, int(len(blob) * keep))])
-        try:
-            data_module.read_image_folder(path)
-        except UserError:
-            outcomes["refused"] += 1
-        else:
-            outcomes["read"] += 1
+    with observed(figures, "fuzz_archive_reader", "inputs", "read", "refused", "other exceptions") as outcomes:
 
-    check()
-    figures("fuzz_archive_reader", {"inputs": sum(outcomes.values()), **outcomes, "other_exceptions": 0})
+        @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(st.sampled_from(suffixes), _mutations(), st.floats(0.05, 1.0))
+        def check(suffix, mutations, keep):
+            blob = _mutate(seeds[suffix], mutations)
+            path = tmp_path / f"fuzzed{suffix}"
+            path.write_bytes(blob[: max(1, int(len(blob) * keep))])
+            outcomes["inputs"] += 1
+            with _counting_other_exceptions(outcomes):
+                try:
+                    data_module.read_image_folder(path)
+                except UserError:
+                    outcomes["refused"] += 1
+                else:
+                    outcomes["read"] += 1
+
+        check()
+
+
+@contextlib.contextmanager
+def _counting_other_exceptions(outcomes: Counter):
+    """Count an exception other than UserError (a traceback for the user) before letting it fail the test.
+    (Hypothesis replays a failing input while shrinking it: the count is of runs, not of distinct inputs.)"""
+    try:
+        yield
+    except Exception:
+        outcomes["other exceptions"] += 1
+        raise
 
 
 # --------------------------------------------------------------------------------------------- other stages
