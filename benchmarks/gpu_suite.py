@@ -31,9 +31,9 @@ Output under ``--out`` (at most 8 files): results.json, report.md, time_to_accur
 latency_resnet20.png, latency_resnet56.png, resnet20.pt, resnet56.pt (weights-only checkpoints), and
 the log the wrapper writes (suite.log). ``benchmarks/gpu_results.py`` imports such a folder.
 
-What the library lacks and lives here instead: a PyTorch runner that pins the FP32 math mode (TF32 on
-or off) and compiles with a chosen mode, and a CUDA-graph replay runner (the library's CUDA-graph mode
-is TensorRT's). Everything else (training, evaluation, runners, the benchmark loop, ONNX export, PTQ)
+What lives here instead of the library: a PyTorch runner that switches TF32 on for a TF32 row and
+compiles with a chosen mode (the library's FP32 runner pins TF32 off; this one subclasses it), and a
+CUDA-graph replay runner (the library's CUDA-graph mode is TensorRT's). Everything else (training, evaluation, runners, the benchmark loop, ONNX export, PTQ)
 is resnet_deploy's own code.
 """
 
