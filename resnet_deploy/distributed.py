@@ -1,6 +1,8 @@
 """Multi-process training under ``torchrun``: DistributedDataParallel on NCCL (GPUs) or gloo (CPU).
 
-One entry point serves every training loop (``train`` and, the same way, quantization-aware training):
+One entry point gives a training loop its rank layout; ``resnet-deploy train`` (``train.train``) is the
+loop that runs under it. Quantization-aware training (``quantize --qat``) shares ``train``'s loop core
+(``loop.py``) but not this: it runs in one process, on the CPU, and takes no context. A loop uses it so:
 
     with context_from_environment(config) as dist:     # rank 0 of 1 outside torchrun
         state = dist.broadcast_object(state_read_by_rank0)   # resume: every rank gets rank 0's checkpoint
@@ -50,7 +52,8 @@ from torch import nn
 
 from . import progress
 from .errors import UserError
-from .train import DistributedContext, TrainConfig, resolve_device
+from .loop import resolve_device
+from .train_config import TrainConfig
 
 FAULT_ENV = "RESNET_DEPLOY_FAULT"
 TIMEOUT_ENV = "RESNET_DEPLOY_DIST_TIMEOUT_S"
@@ -62,6 +65,36 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def under_torchrun() -> bool:
     """True when this process was started by torchrun (or anything that sets its variables)."""
     return all(name in os.environ for name in _TORCHRUN_VARIABLES)
+
+
+@dataclass
+class DistributedContext:
+    """Rank layout; a single process is rank 0 of 1. :func:`context_from_environment` fills it under
+    torchrun, and :class:`ProcessGroupContext` is its form for a process group of more than one rank."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    restart_count: int = 0  # torchrun restarts so far: > 0 means resume from last.pt, --resume or not
+    max_restarts: int = 0  # restarts torchrun allows: > 0 makes a fresh run checkpoint its starting state
+    step_hook: Callable[[int, int], None] | None = None  # called like on_step (test-only fault injection)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def wrap(self, model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+        return model
+
+    def barrier(self) -> None:
+        pass
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s ``obj`` on every rank."""
+        return obj
 
 
 @dataclass
@@ -123,8 +156,8 @@ def context_from_environment(config: TrainConfig | Any | None = None, *, device:
     Outside torchrun (or under torchrun with one process) this is rank 0 of 1 and nothing is
     initialised. Under torchrun with more processes it initialises the default process group (NCCL
     when the loop's device is CUDA, gloo otherwise), yields a :class:`ProcessGroupContext` and
-    destroys the group on exit. ``config`` is anything with a ``device`` attribute (``TrainConfig``,
-    a QAT config); ``device`` overrides it. The context also carries torchrun's restart count (a
+    destroys the group on exit. ``config`` is anything with a ``device`` attribute (a ``TrainConfig``);
+    ``device`` overrides it. The context also carries torchrun's restart count (a
     loop resumes from its last checkpoint when it is > 0) and the test-only fault hook.
     """
     device_name = device or getattr(config, "device", None) or "auto"

@@ -1,10 +1,10 @@
 """Training: data resident on the device, augmentation on tensors, resumable to the batch.
 
-Reproducibility and resumption rest on one rule: every random draw is a function of
-(seed, epoch, step). The epoch's order is a permutation seeded by (seed, epoch); each batch's
-augmentation uses a generator seeded by (seed, epoch, step). So a run stopped anywhere (kill -9 after
-an epoch checkpoint, or SIGINT/SIGTERM mid-epoch, which saves the batch reached) and resumed gives the
-same weights as a run that never stopped.
+The loop itself is ``loop.py``'s, shared with quantization-aware training: every random draw is a
+function of (seed, epoch, step), so a run stopped anywhere (kill -9 after an epoch checkpoint, or
+SIGINT/SIGTERM mid-epoch, which saves the batch reached) and resumed gives the same weights as a run
+that never stopped. This module decides the speed settings, builds the model and optimizer, evaluates
+each epoch and writes ``last.pt``/``best.pt``, ``metrics.jsonl``/``metrics.csv`` and ``config.json``.
 """
 
 from __future__ import annotations
@@ -13,43 +13,43 @@ import csv
 import io
 import json
 import math
-import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import progress
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import ImageDataset, augment, normalize, to_tensor_images
+from .data import ImageDataset, Normalization, to_tensor_images
+from .distributed import DistributedContext
 from .errors import UserError
 from .evaluation import evaluate
 from .fileio import ensure_writable_dir, remove_stale_temporaries, write_json
-from .models import build_model, normalize_spec
-from .signals import Interrupted, StopRequest
+from .loop import (  # noqa: F401 (batch_seed, epoch_permutation, resolve_device, TrainingInterrupted: re-exported, callers import them from here)
+    EpochLoop,
+    LoopState,
+    Optimization,
+    SeededBatches,
+    TrainingInterrupted,
+    batch_seed,
+    decay_groups,
+    epoch_permutation,
+    epochs_to_run,
+    partial_loss,
+    partial_top1,
+    resolve_device,
+    steps_per_epoch,
+    sums_over_ranks,
+    train_one_epoch,
+)
+from .models import ModelSpec, build_model, normalize_spec
+from .signals import StopRequest
 from .train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, PRECISIONS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported: callers import them from here)
 
 _OUTPUT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
 _RESUME_KEYS = ("train_config", "optimizer", "scheduler", "epoch", "dataset")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError, TypeError) as exc:
-        raise UserError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:1)") from exc
-    if device.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r} is not supported (use auto, cpu, cuda, cuda:1)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available", hint="use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), cuda:0.. only")
-    return device
+_DIVERGENCE_HINT = "lower --lr, add --warmup-epochs, or use --precision fp32"
 
 
 @dataclass(frozen=True)
@@ -226,51 +226,6 @@ def lr_factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], floa
     return factor
 
 
-def batch_seed(*parts: int) -> int:
-    return int(np.random.SeedSequence([p & 0xFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(batch_seed(seed, epoch, 0x5EED))
-    return torch.randperm(count, generator=generator)
-
-
-@dataclass
-class DistributedContext:
-    """Rank layout; a single process is rank 0 of 1. ``resnet_deploy.distributed`` fills it under torchrun."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    restart_count: int = 0  # torchrun restarts so far: > 0 means resume from last.pt, --resume or not
-    max_restarts: int = 0  # restarts torchrun allows: > 0 makes a fresh run checkpoint its starting state
-    step_hook: Callable[[int, int], None] | None = None  # called like on_step (test-only fault injection)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
-    def wrap(self, model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
-        return model
-
-    def barrier(self) -> None:
-        pass
-
-    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        """Rank ``src``'s ``obj`` on every rank."""
-        return obj
-
-
-class TrainingInterrupted(Interrupted):
-    """Raised after the state was saved because of SIGINT/SIGTERM; exit code 128+signal, as shells do."""
-
-    def __init__(self, signum: int, checkpoint: Path) -> None:
-        super().__init__(signum, f"interrupted by signal {signum}; progress saved to {checkpoint}", hint="continue with --resume")
-
-
 def train(
     config: TrainConfig,
     dataset: ImageDataset,
@@ -291,190 +246,212 @@ def train(
         # A kill -9 mid-write leaves a temporary file next to its target (the target itself is intact):
         # remove those so repeated kills do not fill the disk.
         remove_stale_temporaries(output_dir, _OUTPUT_FILES)
-    last_path, best_path = output_dir / "last.pt", output_dir / "best.pt"
     device = resolve_device(config.device)
     if dist.world_size > 1 and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-
-    state = _read_last_checkpoint(last_path, resume, dist)
+    state = _read_last_checkpoint(output_dir / "last.pt", resume, dist)
     if state is not None:
-        config = _resumed_config(state, config, dataset, last_path)
+        config = _resumed_config(state, config, dataset, output_dir / "last.pt")
+    config = _decide_speed_settings(config, dataset, device, dist)
+    run = _start_run(config, dataset, output_dir, device, dist, state)
+    metrics = _train_epochs(run, on_step)
+    return {**metrics, "best_top1": run.best_accuracy, "checkpoint": str(run.last_path), "best_checkpoint": str(run.best_path)}
+
+
+@dataclass
+class _Run:
+    """One launch of :func:`train`: what its epochs, evaluations, checkpoints and logs use."""
+
+    config: TrainConfig
+    dataset: ImageDataset
+    output_dir: Path
+    device: torch.device
+    dist: DistributedContext
+    spec: ModelSpec
+    model: torch.nn.Module  # unwrapped: the optimizer, evaluation and checkpoints use it
+    norm: Normalization
+    batches: SeededBatches
+    optimization: Optimization
+    state: LoopState
+    best_accuracy: float = 0.0
+    dataset_info: dict = field(default_factory=dict)  # the dataset's description, its normalisation left out
+
+    @property
+    def last_path(self) -> Path:
+        return self.output_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.output_dir / "best.pt"
+
+    def payload(self, epoch: int, step: int) -> dict:
+        """The checkpoint (and resume payload) at batch ``step`` of ``epoch``."""
+        scaler = self.optimization.scaler
+        return {
+            "model": self.spec.to_dict(),
+            # contiguous(): a channels_last run's weights are stored in the standard layout, so a
+            # checkpoint's bytes do not depend on the memory format it was trained in.
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+            "normalization": self.norm.to_dict(),
+            "dataset": self.dataset_info,
+            "epoch": epoch,
+            "step": step,
+            "train_config": self.config.to_dict(),
+            "optimizer": self.optimization.optimizer.state_dict(),
+            "scheduler": self.optimization.scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "best_accuracy": self.best_accuracy,
+            "history": self.state.history,
+            "partial": self.state.partial,
+            "torch_version": str(torch.__version__),
+        }
+
+    def save_last(self, epoch: int, step: int) -> None:
+        """last.pt at (epoch, step), written by rank 0 only."""
+        if self.dist.is_main:
+            save_checkpoint(self.last_path, self.payload(epoch, step))
+
+
+def _decide_speed_settings(config: TrainConfig, dataset: ImageDataset, device: torch.device, dist: DistributedContext) -> TrainConfig:
+    """``config`` with its "auto" speed options decided for this device and run length."""
     if dataset.num_classes < 2:
         raise UserError("the dataset must have at least 2 classes")
-    steps_per_epoch = _steps_per_epoch(config.batch_size, dist.world_size, len(dataset.train_images))
-    speed = resolve_speed_settings(config, device, config.epochs * steps_per_epoch)
-    config = speed.apply(config)
+    steps = _steps_per_epoch(config.batch_size, dist.world_size, len(dataset.train_images))
+    speed = resolve_speed_settings(config, device, config.epochs * steps)
     if dist.is_main:
         progress.info(speed.describe())
+    return speed.apply(config)
 
-    torch.manual_seed(config.seed)
-    spec = normalize_spec(config.model, dataset.num_classes, config.plain, config.shortcut)
-    model = build_model(spec)
-    norm = dataset.normalization
-    if state is not None:
-        if state["model"] != spec.to_dict():
-            raise UserError(f"{last_path} holds {state['model']}, not {spec.to_dict()}; use another --output")
-        model.load_state_dict(state["state_dict"])
-        from .data import Normalization
 
-        norm = Normalization.from_dict(state["normalization"])
+def _start_run(
+    config: TrainConfig, dataset: ImageDataset, output_dir: Path, device: torch.device, dist: DistributedContext, state: dict | None
+) -> _Run:
+    """Model, optimizer and loop position (from ``state`` when resuming); config.json written."""
+    last_path = output_dir / "last.pt"
+    spec, model, norm = _build_model(config, dataset, state, last_path)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
     train_model = dist.wrap(model, config, device)
     if config.compile:
         train_model = torch.compile(train_model)
-
-    global_batch = config.batch_size
-    local_batch = global_batch // dist.world_size
-    num_train = len(dataset.train_images)
     if dist.is_main:
-        # Room for last.pt, best.pt and the temporary copy written while one is replaced, checked now
-        # rather than when the first epoch ends. Optimizer state: SGD keeps one buffer per weight, AdamW two.
-        weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        checkpoint_bytes = weight_bytes * (2 if config.optimizer == "sgd" else 3)
-        ensure_writable_dir(output_dir, needed_bytes=3 * checkpoint_bytes + (16 << 20), what="--output")
-    base_lr = config.lr * (dist.world_size if config.lr_scale else 1)
+        _check_checkpoint_room(output_dir, model, config)
+    optimization = _build_optimization(config, model, train_model, dist.world_size, device, len(dataset.train_images))
+    loop_state, best_accuracy = LoopState.from_payload(state), 0.0
+    if state is not None:
+        optimization.restore(state)
+        best_accuracy = state.get("best_accuracy", 0.0)
+        progress.info(f"resuming {last_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
+    train_images = to_tensor_images(dataset.train_images, device)
+    train_labels = torch.from_numpy(dataset.train_labels).to(device)
+    batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, norm, device, config.channels_last, dist.rank, dist.world_size)
+    dataset_info = {k: v for k, v in dataset.describe().items() if k != "normalization"}
+    run = _Run(config, dataset, output_dir, device, dist, spec, model, norm, batches, optimization, loop_state, best_accuracy, dataset_info)
+    if dist.is_main:
+        write_json(output_dir / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "dataset": run.dataset_info})
+        if state is None and dist.max_restarts > 0:
+            # Under torchrun with restarts, a restart before the first epoch ends must find this run's
+            # starting state, never a last.pt left in OUTPUT by an earlier run.
+            save_checkpoint(last_path, run.payload(0, 0))
+    return run
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        (no_decay if param.ndim <= 1 else decay).append(param)  # no weight decay on BN and biases
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+def _build_model(
+    config: TrainConfig, dataset: ImageDataset, state: dict | None, last_path: Path
+) -> tuple[ModelSpec, torch.nn.Module, Normalization]:
+    """The model (seeded initialisation, or the checkpoint's weights) and the normalisation it uses."""
+    torch.manual_seed(config.seed)
+    spec = normalize_spec(config.model, dataset.num_classes, config.plain, config.shortcut)
+    model = build_model(spec)
+    if state is None:
+        return spec, model, dataset.normalization
+    if state["model"] != spec.to_dict():
+        raise UserError(f"{last_path} holds {state['model']}, not {spec.to_dict()}; use another --output")
+    model.load_state_dict(state["state_dict"])
+    return spec, model, Normalization.from_dict(state["normalization"])
+
+
+def _check_checkpoint_room(output_dir: Path, model: torch.nn.Module, config: TrainConfig) -> None:
+    """Room for last.pt, best.pt and the temporary copy written while one is replaced, checked now
+    rather than when the first epoch ends. Optimizer state: SGD keeps one buffer per weight, AdamW two."""
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    checkpoint_bytes = weight_bytes * (2 if config.optimizer == "sgd" else 3)
+    ensure_writable_dir(output_dir, needed_bytes=3 * checkpoint_bytes + (16 << 20), what="--output")
+
+
+def _build_optimization(
+    config: TrainConfig, model: torch.nn.Module, train_model: torch.nn.Module, world_size: int, device: torch.device, num_train: int
+) -> Optimization:
+    """Optimizer (no weight decay on BN and biases), warm-up + schedule, and the fp16 grad scaler."""
+    base_lr = config.lr * (world_size if config.lr_scale else 1)
+    groups = decay_groups(model.named_parameters(), config.weight_decay)
     if config.optimizer == "sgd":
         optimizer = torch.optim.SGD(groups, lr=base_lr, momentum=config.momentum, nesterov=config.nesterov)
     else:
         optimizer = torch.optim.AdamW(groups, lr=base_lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(config, steps_per_epoch(num_train, config.batch_size)))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16" and device.type == "cuda")
-
-    start_epoch, start_step, best_accuracy, history = 0, 0, 0.0, []
-    partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if "scaler" in state and state["scaler"]:
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, start_step = state["epoch"], state.get("step", 0)
-        best_accuracy, history = state.get("best_accuracy", 0.0), list(state.get("history", []))
-        partial = dict(state.get("partial", partial))
-        progress.info(f"resuming {last_path}: epoch {start_epoch + 1}, batch {start_step}")
-
-    train_images = to_tensor_images(dataset.train_images, device)
-    train_labels = torch.from_numpy(dataset.train_labels).to(device)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-    dataset_info = {k: v for k, v in dataset.describe().items() if k != "normalization"}
+    return Optimization(
+        train_model, optimizer, scheduler, scaler, device.type, autocast_dtype, config.label_smoothing, "training", _DIVERGENCE_HINT
+    )
 
-    def payload(epoch: int, step: int) -> dict:
-        return {
-            "model": spec.to_dict(),
-            # contiguous(): a channels_last run's weights are stored in the standard layout, so a
-            # checkpoint's bytes do not depend on the memory format it was trained in.
-            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-            "normalization": norm.to_dict(),
-            "dataset": dataset_info,
-            "epoch": epoch,
-            "step": step,
-            "train_config": config.to_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "best_accuracy": best_accuracy,
-            "history": history,
-            "partial": partial,
-            "torch_version": str(torch.__version__),
-        }
 
-    if dist.is_main:
-        write_json(output_dir / "config.json", {"train": config.to_dict(), "model": spec.to_dict(), "dataset": dataset_info})
-        if state is None and dist.max_restarts > 0:
-            # Under torchrun with restarts, a restart before the first epoch ends must find this run's
-            # starting state, never a last.pt left in OUTPUT by an earlier run.
-            save_checkpoint(last_path, payload(0, 0))
-    step_hooks = [hook for hook in (on_step, dist.step_hook) if hook is not None]
-    metrics: dict = history[-1] if history else {}
+def _train_epochs(run: _Run, on_step: Callable[[int, int], None] | None) -> dict:
+    """The epochs left; returns the last epoch's metrics row (the checkpoint's when none is left)."""
+    loop = EpochLoop(
+        run.batches,
+        run.optimization,
+        count=sums_over_ranks(run.dist, run.config.batch_size),
+        save_stopped=run.save_last,
+        saved_to=run.last_path,
+        epochs=run.config.epochs,
+        hooks=[hook for hook in (on_step, run.dist.step_hook) if hook is not None],
+    )
+    metrics: dict = run.state.history[-1] if run.state.history else {}
     with StopRequest() as stop:
-        for epoch in range(start_epoch, config.epochs):
-            model.train()
-            order = epoch_permutation(num_train, config.seed, epoch).to(device)
-            first_step = start_step if epoch == start_epoch else 0
-            if first_step == 0:
-                partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-            with progress.bar(f"epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
-                bar.advance(first_step)
-                for step in range(first_step, steps_per_epoch):
-                    tic = time.perf_counter()
-                    indices = order[step * global_batch : (step + 1) * global_batch]
-                    generator = torch.Generator(device=device).manual_seed(batch_seed(config.seed, epoch, step + 1))
-                    images = augment(train_images[indices], generator)
-                    # Each rank takes its contiguous slice of the global batch: the global batch, and
-                    # so the result, is the same for any number of ranks.
-                    local = slice(dist.rank * local_batch, (dist.rank + 1) * local_batch)
-                    inputs = normalize(images[local], norm, config.channels_last)
-                    targets = train_labels[indices][local]
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        logits = train_model(inputs)
-                        loss = F.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise UserError(
-                            f"training diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {step}",
-                            hint="lower --lr, add --warmup-epochs, or use --precision fp32",
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    sums = dist.all_reduce_sum(
-                        torch.stack([loss.detach() * len(targets), (logits.argmax(1) == targets).sum().float()])
-                    ).tolist()
-                    partial["loss"] += sums[0]
-                    partial["correct"] += int(sums[1])
-                    partial["seen"] += global_batch
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    partial["time"] += time.perf_counter() - tic
-                    bar.advance(
-                        1,
-                        f"loss {partial['loss'] / partial['seen']:.3f} acc {100 * partial['correct'] / partial['seen']:.1f}% "
-                        f"{partial['seen'] / max(partial['time'], 1e-9):.0f} img/s",
-                    )
-                    for hook in step_hooks:
-                        hook(epoch, step)
-                    if stop.signal_number is not None:
-                        if dist.is_main:
-                            save_checkpoint(last_path, payload(epoch, step + 1))
-                        raise TrainingInterrupted(stop.signal_number, last_path)
-            test = evaluate(
-                model, dataset.test_images, dataset.test_labels, norm, config.eval_batch_size, device, config.channels_last
-            )
-            metrics = {
-                "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": partial["loss"] / max(1, partial["seen"]),
-                "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]),
-                "test_loss": test["loss"],
-                "test_top1": test["top1"],
-                "test_top5": test["top5"],
-                "epoch_time_s": partial["time"],
-                "train_images_per_sec": partial["seen"] / max(partial["time"], 1e-9),
-                "peak_memory_mb": _peak_memory_mb(device),
-            }
-            history.append(metrics)
-            is_best = metrics["test_top1"] > best_accuracy
-            best_accuracy = max(best_accuracy, metrics["test_top1"])
-            if dist.is_main:
-                # last.pt is written last: it is the commit point. A kill before it leaves the previous
-                # last.pt, --resume redoes this epoch (same result) and rewrites best.pt and the metrics.
-                if is_best:
-                    save_checkpoint(best_path, payload(epoch + 1, 0))
-                _write_metrics(output_dir, history)
-                save_checkpoint(last_path, payload(epoch + 1, 0))
-                progress.info(
-                    f"epoch {epoch + 1}: train loss {metrics['train_loss']:.3f}, test top-1 {metrics['test_top1']:.2f}% "
-                    f"(best {best_accuracy:.2f}%), {metrics['train_images_per_sec']:.0f} img/s"
-                )
-            dist.barrier()
-    return {**metrics, "best_top1": best_accuracy, "checkpoint": str(last_path), "best_checkpoint": str(best_path)}
+        for epoch, first_step in epochs_to_run(run.state, run.config.epochs):
+            run.model.train()
+            train_one_epoch(loop, run.state, epoch, first_step, stop)
+            metrics = _end_epoch(run, epoch)
+    return metrics
+
+
+def _end_epoch(run: _Run, epoch: int) -> dict:
+    """Evaluate, record the epoch's row, write best.pt, the metrics files and last.pt (rank 0)."""
+    config, partial = run.config, run.state.partial
+    test = evaluate(
+        run.model, run.dataset.test_images, run.dataset.test_labels, run.norm, config.eval_batch_size, run.device, config.channels_last
+    )
+    metrics = {
+        "epoch": epoch + 1,
+        "lr": run.optimization.optimizer.param_groups[0]["lr"],
+        "train_loss": partial_loss(partial),
+        "train_top1": partial_top1(partial),
+        "test_loss": test["loss"],
+        "test_top1": test["top1"],
+        "test_top5": test["top5"],
+        "epoch_time_s": partial["time"],
+        "train_images_per_sec": partial["seen"] / max(partial["time"], 1e-9),
+        "peak_memory_mb": _peak_memory_mb(run.device),
+    }
+    run.state.history.append(metrics)
+    is_best = metrics["test_top1"] > run.best_accuracy
+    run.best_accuracy = max(run.best_accuracy, metrics["test_top1"])
+    if run.dist.is_main:
+        # last.pt is written last: it is the commit point. A kill before it leaves the previous
+        # last.pt, --resume redoes this epoch (same result) and rewrites best.pt and the metrics.
+        if is_best:
+            save_checkpoint(run.best_path, run.payload(epoch + 1, 0))
+        _write_metrics(run.output_dir, run.state.history)
+        save_checkpoint(run.last_path, run.payload(epoch + 1, 0))
+        progress.info(
+            f"epoch {epoch + 1}: train loss {metrics['train_loss']:.3f}, test top-1 {metrics['test_top1']:.2f}% "
+            f"(best {run.best_accuracy:.2f}%), {metrics['train_images_per_sec']:.0f} img/s"
+        )
+    run.dist.barrier()
+    return metrics
 
 
 def _read_last_checkpoint(last_path: Path, resume: bool, dist: DistributedContext) -> dict | None:
@@ -527,7 +504,7 @@ def _steps_per_epoch(global_batch: int, world_size: int, num_train: int) -> int:
         raise UserError(f"--batch-size {global_batch} must be divisible by the number of ranks ({world_size})")
     if global_batch > num_train:
         raise UserError(f"--batch-size {global_batch} is larger than the {num_train} training images; use at most {num_train}")
-    return max(1, num_train // global_batch)  # the last partial batch is dropped: every step has one shape
+    return steps_per_epoch(num_train, global_batch)
 
 
 def _peak_memory_mb(device: torch.device) -> float:

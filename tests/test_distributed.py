@@ -30,12 +30,13 @@ import torch
 from resnet_deploy.data import load_dataset
 from resnet_deploy.distributed import (
     AllReduceBatchNorm2d,
+    DistributedContext,
     context_from_environment,
     convert_sync_batchnorm,
     fault_hook_from_environment,
 )
 from resnet_deploy.errors import UserError
-from resnet_deploy.train import DistributedContext, TrainConfig, TrainingInterrupted, train
+from resnet_deploy.train import TrainConfig, TrainingInterrupted, train
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH, EPOCHS, LR = 256, 64, 64, 2, 0.02
 CLI_OPTIONS = [

@@ -10,10 +10,11 @@ the calibrated range, weight ranges follow the weights; from ``freeze_observers_
 fixed, and from ``freeze_bn_epoch`` on BatchNorm uses its running statistics (the network then trains
 against exactly the arithmetic it will be deployed with).
 
-Resumable like training: every random draw depends on (seed, epoch, step) through ``train.batch_seed``
-and ``train.epoch_permutation``; ``qat_state.pt`` is written after each epoch and, on SIGINT/SIGTERM, at
-the next batch boundary; ``resume=True`` continues from it and gives the same weights as an
-uninterrupted run.
+The fine-tuning runs on ``train``'s loop core (``resnet_deploy.loop``: seeded batch order, augmentation,
+optimizer step, partial metrics, stop and resume), in one process on the CPU. Resumable like training:
+every random draw depends on (seed, epoch, step); ``qat_state.pt`` is written after each epoch and, on
+SIGINT/SIGTERM, at the next batch boundary; ``resume=True`` continues from it and gives the same weights
+as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -25,15 +26,26 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 
 from .. import progress
 from ..checkpoint import LoadedModel
-from ..data import ImageDataset, augment, normalize, to_tensor_images
+from ..data import ImageDataset, normalize, to_tensor_images
 from ..errors import UserError
 from ..fileio import torch_load_safe, torch_save_atomic
+from ..loop import (
+    EpochLoop,
+    LoopState,
+    Optimization,
+    SeededBatches,
+    decay_groups,
+    epochs_to_run,
+    local_sums,
+    partial_loss,
+    partial_top1,
+    steps_per_epoch,
+    train_one_epoch,
+)
 from ..signals import StopRequest
-from ..train import TrainingInterrupted, batch_seed, epoch_permutation
 from . import calibration
 from .bias_correction import snap_biases_to_int32_grid
 from .capture import build_quantizer, calibration_batches, capture_for_training, require_torchao, resolve_keep_float
@@ -104,9 +116,6 @@ def quantize_qat(
     :func:`quantize_ptq` (plus ``qat_state.pt`` for ``resume``) and returns its metrics, which include
     the per-epoch training history."""
     require_torchao()
-    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
-
     scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=32 << 20)
     config = QatConfig(
         target=target, method=method, percentile=percentile, calib_size=calib_size,
@@ -120,11 +129,60 @@ def quantize_qat(
     if resume and state is None:
         progress.info(f"--resume: no QAT state at {state_path}, starting fresh")
     if state is not None:
-        saved = dict(state["config"])
-        saved["epochs"] = epochs  # a resumed run may only be extended
-        saved["keep_float"] = tuple(saved.get("keep_float", ()))
-        config = QatConfig(**saved)
-        config.validate()
+        config = _resumed_config(state, epochs)
+    run = _start_run(loaded, dataset, scheme, config, state, state_path)
+    tic_all = time.perf_counter()
+    _fine_tune(run)
+    return _convert_and_finish(run, dataset, output_dir, scheme, tic_all, eval_batch_size, evaluate, command)
+
+
+@dataclass
+class _QatRun:
+    """One launch of :func:`quantize_qat`: the prepared model, its optimization and loop position."""
+
+    loaded: LoadedModel
+    config: QatConfig
+    prepared: torch.fx.GraphModule
+    batches: SeededBatches
+    optimization: Optimization
+    state: LoopState
+    state_path: Path
+    calibration_seconds: float = 0.0
+
+    def save_state(self, epoch: int, step: int) -> None:
+        """qat_state.pt at batch ``step`` of ``epoch``."""
+        torch_save_atomic(
+            {
+                "format": STATE_FORMAT,
+                "checkpoint_sha256": self.loaded.sha256,
+                "config": self.config.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in self.prepared.state_dict().items()},
+                "optimizer": self.optimization.optimizer.state_dict(),
+                "scheduler": self.optimization.scheduler.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": self.state.history,
+                "partial": self.state.partial,
+                "calibration_seconds": self.calibration_seconds,
+            },
+            self.state_path,
+        )
+
+
+def _resumed_config(state: dict, epochs: int) -> QatConfig:
+    """The state's own options; only ``epochs`` comes from this launch (a resumed run may only be extended)."""
+    saved = dict(state["config"])
+    saved["epochs"] = epochs
+    saved["keep_float"] = tuple(saved.get("keep_float", ()))
+    config = QatConfig(**saved)
+    config.validate()
+    return config
+
+
+def _start_run(loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatConfig, state: dict | None, state_path: Path) -> _QatRun:
+    """The prepared QAT model (calibrated, or the state's), optimizer and loop position."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
     torch.manual_seed(config.seed)
     model = _fresh_fp32(loaded)
@@ -137,102 +195,74 @@ def quantize_qat(
     else:
         prepared.load_state_dict(state["model"])
     _finish_calibration(prepared)
-
-    params = dict(prepared.named_parameters())
-    decay = [p for name, p in params.items() if p.ndim > 1]
-    no_decay = [p for name, p in params.items() if p.ndim <= 1]
-    optimizer = torch.optim.SGD(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, momentum=config.momentum,
-    )
-    num_train = len(dataset.train_images)
-    steps_per_epoch = max(1, num_train // config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))))
-    start_epoch, start_step, history = 0, 0, []
-    partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+    optimization = _build_optimization(prepared, config, len(dataset.train_images))
+    loop_state = LoopState.from_payload(state)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, start_step = state["epoch"], state["step"]
-        history, partial = list(state["history"]), dict(state["partial"])
+        optimization.restore(state)
         calibration_seconds = state.get("calibration_seconds", 0.0)
-        progress.info(f"resuming QAT from {state_path}: epoch {start_epoch + 1}, batch {start_step}")
-
-    def save_state(epoch: int, step: int) -> None:
-        torch_save_atomic(
-            {
-                "format": STATE_FORMAT,
-                "checkpoint_sha256": loaded.sha256,
-                "config": config.to_dict(),
-                "model": {k: v.detach().cpu() for k, v in prepared.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "partial": partial,
-                "calibration_seconds": calibration_seconds,
-            },
-            state_path,
-        )
-
+        progress.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
     train_images = to_tensor_images(dataset.train_images)
     train_labels = torch.from_numpy(dataset.train_labels)
-    tic_all = time.perf_counter()
+    batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, loaded.normalization, torch.device("cpu"))
+    return _QatRun(loaded, config, prepared, batches, optimization, loop_state, state_path, calibration_seconds)
+
+
+def _build_optimization(prepared: torch.fx.GraphModule, config: QatConfig, num_train: int) -> Optimization:
+    """SGD (no weight decay on BN and biases) with a cosine decay over the whole run, in fp32."""
+    groups = decay_groups(prepared.named_parameters(), config.weight_decay)
+    optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+    total_steps = config.epochs * steps_per_epoch(num_train, config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32: a pass-through
+    return Optimization(prepared, optimizer, scheduler, scaler, "cpu", what="QAT", divergence_hint="lower --lr")
+
+
+def _fine_tune(run: _QatRun) -> None:
+    """The QAT epochs left: BN frozen from ``freeze_bn_epoch``, ranges from ``freeze_observers_epoch``."""
+    from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
+
+    config, history = run.config, run.state.history
+    loop = EpochLoop(
+        run.batches, run.optimization, count=local_sums, save_stopped=run.save_state, saved_to=run.state_path,
+        epochs=config.epochs, label="QAT epoch", show_rate=False,
+    )
     with StopRequest() as stop:
-        for epoch in range(start_epoch, config.epochs):
+        for epoch, first_step in epochs_to_run(run.state, config.epochs):
             if epoch >= config.freeze_bn_epoch:
-                move_exported_model_to_eval(prepared)  # BN uses (and keeps) its running statistics
+                move_exported_model_to_eval(run.prepared)  # BN uses (and keeps) its running statistics
             else:
-                move_exported_model_to_train(prepared)
+                move_exported_model_to_train(run.prepared)
             if epoch >= config.freeze_observers_epoch:
-                prepared.apply(disable_observer)
-            order = epoch_permutation(num_train, config.seed, epoch)
-            first_step = start_step if epoch == start_epoch else 0
-            if first_step == 0:
-                partial = {"loss": 0.0, "correct": 0, "seen": 0, "time": 0.0}
-            with progress.bar(f"QAT epoch {epoch + 1}/{config.epochs}", steps_per_epoch) as bar:
-                bar.advance(first_step)
-                for step in range(first_step, steps_per_epoch):
-                    tic = time.perf_counter()
-                    indices = order[step * config.batch_size : (step + 1) * config.batch_size]
-                    generator = torch.Generator().manual_seed(batch_seed(config.seed, epoch, step + 1))
-                    inputs = normalize(augment(train_images[indices], generator), loaded.normalization)
-                    targets = train_labels[indices]
-                    logits = prepared(inputs)
-                    loss = F.cross_entropy(logits, targets)
-                    if not torch.isfinite(loss):
-                        raise UserError(f"QAT diverged: loss is {loss.item()} at epoch {epoch + 1}, batch {step}", hint="lower --lr")
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
-                    partial["loss"] += loss.item() * len(targets)
-                    partial["correct"] += int((logits.argmax(1) == targets).sum())
-                    partial["seen"] += len(targets)
-                    partial["time"] += time.perf_counter() - tic
-                    bar.advance(1, f"loss {partial['loss'] / partial['seen']:.3f} acc {100 * partial['correct'] / partial['seen']:.1f}%")
-                    if stop.signal_number is not None:
-                        save_state(epoch, step + 1)
-                        raise TrainingInterrupted(stop.signal_number, state_path)
+                run.prepared.apply(disable_observer)
+            train_one_epoch(loop, run.state, epoch, first_step, stop)
+            partial = run.state.partial
             history.append(
                 {
                     "epoch": epoch + 1,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": partial["loss"] / max(1, partial["seen"]),
-                    "train_top1": 100.0 * partial["correct"] / max(1, partial["seen"]),
+                    "lr": run.optimization.optimizer.param_groups[0]["lr"],
+                    "train_loss": partial_loss(partial),
+                    "train_top1": partial_top1(partial),
                     "epoch_time_s": partial["time"],
                     "bn_frozen": epoch >= config.freeze_bn_epoch,
                     "observers_frozen": epoch >= config.freeze_observers_epoch,
                 }
             )
-            save_state(epoch + 1, 0)
+            run.save_state(epoch + 1, 0)
             progress.info(f"QAT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, train top-1 {history[-1]['train_top1']:.2f}%")
-    move_exported_model_to_eval(prepared)
-    converted = convert_pt2e(prepared)
+
+
+def _convert_and_finish(
+    run: _QatRun, dataset: ImageDataset, output_dir: Path, scheme, tic_all: float, eval_batch_size: int, evaluate: bool, command: str | None
+) -> dict:
+    """convert_pt2e, then the same artifact and metrics as PTQ, with the QAT settings and history."""
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    config, history = run.config, run.state.history
+    move_exported_model_to_eval(run.prepared)
+    converted = convert_pt2e(run.prepared)
     timings = {
-        "calibration_s": calibration_seconds,
+        "calibration_s": run.calibration_seconds,
         "qat_train_s": sum(h["epoch_time_s"] for h in history),
         "wall_s": time.perf_counter() - tic_all,
         "bias_grid": snap_biases_to_int32_grid(converted),  # see bias_correction: one model for every backend
@@ -243,9 +273,9 @@ def quantize_qat(
         "calib_size": config.calib_size,
         "calib_source": "training split, data.calibration_indices(seed=2016)",
         "keep_float": list(config.keep_float),
-        "qat": {**config.to_dict(), "history": history, "train_images": num_train},
+        "qat": {**config.to_dict(), "history": history, "train_images": len(dataset.train_images)},
     }
-    result = finish(loaded, dataset, output_dir, converted, scheme, settings, timings, eval_batch_size, evaluate, command)
+    result = finish(run.loaded, dataset, output_dir, converted, scheme, settings, timings, eval_batch_size, evaluate, command)
     return result.metrics
 
 
