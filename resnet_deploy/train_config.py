@@ -23,6 +23,9 @@ AUTO = None  # channels_last / compile left to train() to decide (see train.reso
 COMPILE_MIN_STEPS = 1000
 
 
+MAX_EPOCHS = 100_000
+
+
 @dataclass
 class TrainConfig:
     """Every option of ``resnet-deploy train``; saved in each checkpoint with the speed settings resolved.
@@ -64,6 +67,10 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        # A bound, not a taste: an absurd count (the CLI fuzz draws 2**63) would otherwise start a run
+        # that never ends instead of being refused.
+        if self.epochs > MAX_EPOCHS:
+            raise UserError(f"--epochs must be at most {MAX_EPOCHS:,}, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         # Each float option is checked for NaN/inf too: click accepts "nan" and "inf" as floats, and
