@@ -86,7 +86,7 @@ for name in chosen:
         f"only_mutate =\n    {block(modules)}\n"
         f"pytest_add_cli_args_test_selection =\n    {block(tests)}\n"
         f"pytest_add_cli_args =\n    {block(pytest_args)}\n"
-        "also_copy =\n    benchmarks/results/r20\n    README.md\n"
+        "also_copy =\n    benchmarks/results/cpu-2026-12-01/pipeline-r20\n    README.md\n"
         "process_isolation = forkserver\n"  # torch is not fork-safe once initialised
         "use_git_change_detection = false\n"  # the copy has no .git of its own (the repository's would be found)
     )

@@ -554,7 +554,7 @@ def test_fuzz_pipeline_state_and_results(tmp_path, figures):
         {"name": "bench", "status": "done", "inputs_hash": "h", "outputs": {str(output): _sha256(b"{}")}, "seconds": 1.0, "reason": None},
         {"name": "train", "status": "failed", "inputs_hash": "t", "outputs": {}, "seconds": 2.0, "reason": "x"},
     ]}  # fmt: skip
-    results_file = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "r20" / "results.json"
+    results_file = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "cpu-2026-12-01" / "pipeline-r20" / "results.json"
     results = json.loads(results_file.read_text())
     state_file = tmp_path / "pipeline.json"
 
