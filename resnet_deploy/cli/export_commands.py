@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
+from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
 
 
 def _tensorrt_options(func):
@@ -44,15 +44,18 @@ def _tensorrt_options(func):
 @click.option("--parity-batch", default=64, show_default=True, type=click.IntRange(min=1), help="Size of the fixed batch for FP32/FP16 parity.")
 @click.option("--no-simplify", is_flag=True, help="Skip onnxsim/onnxslim.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime threads for the parity runs [all cores].")
+@force_option(what="OUTPUT_DIR/NAME")
 def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, tensorrt, min_batch, opt_batch, max_batch,
-           workspace_mb, opt_level, compute_capability, timing_cache, load_data, parity_images, parity_batch, no_simplify, threads):
+           workspace_mb, opt_level, compute_capability, timing_cache, load_data, parity_images, parity_batch, no_simplify, threads, force):
     """Export CHECKPOINT to ONNX (FP32, optionally FP16 and int8) and TensorRT engines, and prove each
     computes what the PyTorch model computes (ONNX Runtime on CPU).
 
     Writes OUTPUT_DIR/NAME/manifest.json listing every file with its sha256 and parity numbers. Parity:
     FP32 max |logit diff| < 1e-4 and 100% top-1 agreement on a fixed batch; FP16 top-1 >= 98%; int8 vs
     the PyTorch int8 model >= 99.5% top-1 agreement on held-out test images. A failed check exits 1
-    and names it.
+    and names it. OUTPUT_DIR/NAME holding an export of another checkpoint (runs/r20/last.pt after
+    runs/r20/best.pt: both default to NAME r20) is not overwritten without --force; one of the same
+    checkpoint is.
 
     \b
     Examples:
@@ -63,11 +66,15 @@ def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, te
     """
     from ..export import ExportOptions, export_checkpoint
     from ..export.pipeline import default_run_name
+    from ..fileio import sha256_file
 
     ctx = click.get_current_context()
     has_data = bool(ctx.params.get("data_dir")) or ctx.params.get("dataset") == "synthetic"
     dataset = load_data() if has_data else None
     export_dir = Path(output_dir) / (name or default_run_name(Path(checkpoint), "model"))
+    if Path(checkpoint).is_file():  # a missing one is the export's to report
+        refuse_overwrite(export_dir, "manifest.json", checkpoint_differences(checkpoint, sha256_file(checkpoint)), what="an export",
+                         force=force, instead="give another --name")
     options = ExportOptions(
         checkpoint=checkpoint, output_dir=output_dir, name=name, fp16=fp16, int8_dir=int8_dir, static_batch=static_batch,
         opset=opset, tensorrt=tensorrt, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,

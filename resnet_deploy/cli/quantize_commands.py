@@ -11,7 +11,7 @@ from click.core import ParameterSource
 
 from ..errors import UserError
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
-from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
+from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
 
 
 def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
@@ -57,14 +57,16 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
               help="Test images per sensitivity evaluation (the full set is used for the final model).")
 @click.option("--max-float-layers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Sensitivity: at most this many layers in the mixed-precision plan.")
+@force_option(what="the artifact directory")
 def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, bias_correction, output, run_name, eval_batch_size,
              qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, sensitivity, sensitivity_mode,
-             sensitivity_images, max_float_layers):
+             sensitivity_images, max_float_layers, force):
     """Quantize CHECKPOINT to int8 and measure it against FP32 on the full test split.
 
     Writes calibration/<run-name>/: manifest.json (checkpoint sha256, settings, metrics),
     program.pt2 (torch.export program with Q/DQ, dynamic batch) and qparams.json (every scale and
-    zero-point). Loading it with a different checkpoint is refused.
+    zero-point). Loading it with a different checkpoint is refused. A directory holding an artifact
+    of another checkpoint is not overwritten without --force; one of the same checkpoint is.
 
     \b
     Examples:
@@ -94,6 +96,8 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     output_dir = Path(output) if output else Path("calibration") / name
     load_data.check()
     loaded = load_checkpoint(checkpoint)
+    refuse_overwrite(output_dir, "manifest.json", checkpoint_differences(checkpoint, loaded.sha256), what="a quantize artifact",
+                     force=force, instead="choose another --output or --run-name")
     dataset = load_data()
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])

@@ -8,7 +8,7 @@ from .. import progress
 from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
 from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
-from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
+from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
 
 
 @click.command()
@@ -40,8 +40,12 @@ from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_le
 @click.option("--sync-bn", is_flag=True, help="Under torchrun: synchronise BatchNorm statistics across ranks.")
 @click.option("--lr-scale", is_flag=True, help="Under torchrun: multiply --lr by the number of ranks.")
 @click.option("--resume", is_flag=True, help="Continue from OUTPUT/last.pt (after a crash, kill or Ctrl-C).")
-def train(load_data, output, milestones, compile_, resume, **options):
+@force_option(what="--output")
+def train(load_data, output, milestones, compile_, resume, force, **options):
     """Train a CIFAR ResNet. Checkpoints are written atomically every epoch; Ctrl-C saves and stops.
+
+    An --output holding a run of another model, dataset or setting is not overwritten: continue it
+    with --resume, or start over with --force. The same command again (same inputs) starts over.
 
     \b
     Examples:
@@ -68,9 +72,38 @@ def train(load_data, output, milestones, compile_, resume, **options):
                 ensure_writable_dir(output, needed_bytes=64 << 20, what="--output")
             dataset = load_data()
             config.dataset = dataset.name
+            if not (resume or dist.restart_count):  # a resumed run continues its own folder
+                refuse_overwrite(output, "config.json", _training_differences(config, dataset), what="a training run", force=force,
+                                 instead="--resume to continue it, or choose another -o")
             result = run_training(config, dataset, output, resume=resume, dist=dist)
         if dist.is_main:
             echo_json(result)
+
+
+# Left "auto" on the command line, these are decided by train() (config.json holds the decision):
+# not compared, so the same command line is the same inputs.
+_DECIDED_LATER = ("precision", "channels_last", "compile", "device")
+
+
+def _training_differences(config: TrainConfig, dataset):
+    """For refuse_overwrite: the settings and dataset in which the run recorded in config.json
+    differs from this one."""
+    ours = {key: value for key, value in config.to_dict().items() if key != "dataset"}  # compared below, with its sizes
+    our_data = dataset.describe()
+
+    def differences(recorded: dict) -> list[str]:
+        theirs = recorded.get("train") if isinstance(recorded.get("train"), dict) else {}
+        their_data = recorded.get("dataset") if isinstance(recorded.get("dataset"), dict) else {}
+        found = [
+            f"{key} {theirs.get(key)!r}, not {value!r}"
+            for key, value in ours.items()
+            if not (key in _DECIDED_LATER and value in (AUTO, "auto")) and theirs.get(key) != value
+        ]
+        found += [f"dataset {key} {their_data.get(key)!r}, not {our_data[key]!r}"
+                  for key in ("name", "train_size", "test_size") if their_data.get(key) != our_data[key]]
+        return found
+
+    return differences
 
 
 @click.command("eval")
