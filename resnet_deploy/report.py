@@ -13,7 +13,8 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
 
     run_name, created (ISO 8601 UTC), command (argv or null)
     hardware: cpu_model, logical_cpus, physical_cores, affinity_cpus, memory_gb, platform,
-              gpus: [{name, compute_capability, memory_gb}]
+              load_average, cpu_competition (null | {window_seconds, cpus, other_cpu_seconds,
+              other_share, warn_share, competing}), gpus: [{name, compute_capability, memory_gb}]
     software: python, torch, torch_threads, cuda, numpy, onnxruntime, onnxruntime_providers,
               tensorrt ({flavour, version} or null), openvino (version or null), resnet_deploy
     model:    {spec, checkpoint: {path, sha256}, num_classes}
@@ -146,6 +147,18 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "memory_gb": _NUMBER_OR_NULL,
                 "platform": {"type": "string"},
                 "load_average": {"type": ["array", "null"], "items": {"type": "number"}},
+                "cpu_competition": {
+                    "type": ["object", "null"],
+                    "required": ["window_seconds", "cpus", "other_cpu_seconds", "other_share", "warn_share", "competing"],
+                    "properties": {
+                        "window_seconds": {"type": "number", "minimum": 0},
+                        "cpus": {"type": "integer", "minimum": 1},
+                        "other_cpu_seconds": {"type": "number", "minimum": 0},
+                        "other_share": {"type": "number", "minimum": 0, "maximum": 1},
+                        "warn_share": {"type": "number", "minimum": 0, "maximum": 1},
+                        "competing": {"type": "boolean"},
+                    },
+                },
                 "gpus": {
                     "type": "array",
                     "items": {"type": "object", "required": ["name", "compute_capability"], "properties": {"name": {"type": "string"}}},
@@ -298,7 +311,8 @@ def render_markdown(results: dict) -> str:
     hw, sw = results["hardware"], results["software"]
     settings = results["settings"]
     baseline = results["baseline"]
-    rows = results["rows"]
+    # Rows that cannot run on this machine are one line below, not rows of dashes in every table.
+    rows = [row for row in results["rows"] if row["status"] != "skipped"]
     sizes = _batch_sizes(results)
     show_top5 = results["model"].get("num_classes", 10) > 10
     lines = [f"# Benchmark `{results['run_name']}`", ""]
@@ -322,13 +336,7 @@ def render_markdown(results: dict) -> str:
         f"**Hardware** {hw['cpu_model']}, {hw['physical_cores']} physical cores ({hw.get('logical_cpus')} logical, "
         f"{hw.get('affinity_cpus')} usable), {_fmt(hw.get('memory_gb'), '.1f')} GB RAM; GPU: {gpus}."
     )
-    load = hw.get("load_average")
-    if load:
-        busy = load[0] > 0.5 * hw["physical_cores"]
-        lines.append(
-            f"**Load average** when the run started (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}"
-            + (f" — other processes were competing for the {hw['physical_cores']} cores: CPU figures are lower and noisier than on an idle machine." if busy else ".")
-        )
+    lines += _competition_line(hw)
     trt = sw.get("tensorrt")
     lines.append(
         f"**Software** torch {sw['torch']}, onnxruntime {sw.get('onnxruntime') or 'not installed'} "
@@ -346,6 +354,9 @@ def render_markdown(results: dict) -> str:
         f"Throughput = batch / mean latency. Accuracy pass batch size {settings.get('accuracy_batch_size')}."
     )
     lines.append(f"**Baseline** `{baseline}`: every delta, agreement and speedup is against it.")
+    not_run = skipped_summary(results["rows"], code=True)
+    if not_run:
+        lines.append(f"**Skipped**: {not_run} (results.json keeps each row with its reason).")
     lines.append("")
 
     lines += ["## Accuracy parity", ""]
@@ -416,7 +427,7 @@ def render_markdown(results: dict) -> str:
 
     problems = [row for row in rows if row["status"] != "ok"]
     if problems:
-        lines += ["## Skipped and failed rows", ""]
+        lines += ["## Failed rows", ""]
         for row in problems:
             lines.append(f"- `{row['name']}` **{row['status']}**: {row['reason']}")
         lines.append("")
@@ -449,6 +460,44 @@ def render_markdown(results: dict) -> str:
     lines.append("")
     lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
     return "\n".join(lines)
+
+
+def skipped_summary(rows: list[dict], code: bool = False) -> str | None:
+    """One line for the rows that cannot run on this machine (status skipped), names grouped by
+    reason; None when there are none. ``code``: names in Markdown backticks."""
+    by_reason: dict[str, list[str]] = {}
+    for row in rows:
+        if row["status"] == "skipped":
+            by_reason.setdefault(str(row.get("reason")), []).append(f"`{row['name']}`" if code else row["name"])
+    if not by_reason:
+        return None
+    count = sum(len(names) for names in by_reason.values())
+    groups = "; ".join(f"{', '.join(names)} ({reason})" for reason, names in by_reason.items())
+    return f"{count} row{' cannot' if count == 1 else 's cannot'} run here: {groups}"
+
+
+def _competition_line(hw: dict) -> list[str]:
+    """What other processes took of the CPUs while the rows ran (hardware.cpu_competition), warned
+    about above its threshold. The load average is no such measure: it still counts a previous stage
+    of the same pipeline for minutes, so it is shown without a verdict when nothing else was measured."""
+    competition = hw.get("cpu_competition")
+    if competition:
+        share, cpus = 100 * competition["other_share"], competition["cpus"]
+        verdict = (
+            f" (over {100 * competition['warn_share']:.0f}%): other processes were competing for the cores, so CPU "
+            "figures are lower and noisier than on an idle machine." if competition["competing"] else "."
+        )
+        return [
+            f"**Other processes** used {share:.1f}% of the {cpus} usable CPUs' time while the rows ran "
+            f"({competition['other_cpu_seconds']:.1f} CPU-s in {competition['window_seconds']:.1f} s){verdict}"
+        ]
+    load = hw.get("load_average")
+    if load:
+        return [
+            f"**Load average** when the run started (1/5/15 min): {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} "
+            "(other processes' CPU use while the rows ran was not measured)."
+        ]
+    return []
 
 
 def _int8_scheme_note(rows: list[dict]) -> list[str]:

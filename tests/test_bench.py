@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -247,7 +248,10 @@ def test_results_follow_the_schema_and_report_files_are_written(trained, tmp_pat
         data_bytes = paths[key].read_bytes()
         assert data_bytes[:8] == b"\x89PNG\r\n\x1a\n" and len(data_bytes) > 10_000
     markdown = paths["markdown"].read_text()
-    assert "`tensorrt-int8` **skipped**: no GPU here" in markdown
+    assert "**Skipped**: 1 row cannot run here: `tensorrt-int8` (no GPU here)" in markdown
+    # Other processes' CPU time, measured over the rows' own window (Linux: /proc/stat).
+    competition = reread["hardware"]["cpu_competition"]
+    assert competition["cpus"] == len(os.sched_getaffinity(0)) and 0 <= competition["other_share"] <= 1
     assert "| `gpu-like` | 64 | **oom**" in markdown
     assert "## Verification" in markdown
     # The schema can fail: a row without a status, or a latency entry without figures.
@@ -285,6 +289,117 @@ def test_markdown_explains_u8s8_against_s8s8():
 def test_baseline_must_run(small):
     with pytest.raises(UserError, match="baseline"):
         run_benchmark([FakeRunner(name="other")], small.test_images, small.test_labels, small.normalization, BenchSettings(**FAST))
+
+
+def _report_input(rows: list[dict], **hardware) -> dict:
+    """The fields render_markdown reads, around ``rows``."""
+    return {
+        "run_name": "x", "hardware": {"cpu_model": "cpu", "physical_cores": 2, "gpus": [], **hardware},
+        "software": {"torch": "2", "python": "3"}, "model": {"spec": {"name": "resnet20"}, "checkpoint": {"path": "c", "sha256": "s"}, "num_classes": 10},
+        "dataset": {"name": "cifar10", "size": 10}, "settings": {"batch_sizes": [1]}, "baseline": "pytorch-fp32", "rows": rows, "verification": None,
+    }  # fmt: skip
+
+
+def _row(name: str, status: str = "ok", reason: str | None = None) -> dict:
+    return {"name": name, "backend": "pytorch", "precision": "fp32", "device": "cpu", "status": status, "reason": reason,
+            "settings": {}, "accuracy": None, "latency": []}  # fmt: skip
+
+
+def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(small, capsys, monkeypatch):
+    """Skipped rows: one line (names grouped by reason) in the run's console output, report.md and
+    the CLI's summary, none in the tables; results keep every skipped row; failed rows stay listed."""
+    from resnet_deploy import progress
+    from resnet_deploy.cli.bench_commands import _print_summary
+
+    monkeypatch.setattr(progress, "_enabled", True)
+    gpu = "fp16 autocast rows run on a GPU"
+    runners = [
+        FakeRunner(name="pytorch-fp32"),
+        SkippedRunner("pytorch-fp16", "pytorch", "fp16", "cpu", gpu),
+        SkippedRunner("pytorch-bf16", "pytorch", "bf16", "cpu", gpu),
+        SkippedRunner("tensorrt", "tensorrt", "int8", "cuda:0", "no export directory given"),
+        FakeRunner(name="broken", nan=True),
+    ]
+    measured = run_benchmark(runners, small.test_images, small.test_labels, small.normalization, BenchSettings(batch_sizes=[1], **FAST))
+    console = capsys.readouterr().err.splitlines()
+    assert [r["name"] for r in measured["rows"] if r["status"] == "skipped"] == ["pytorch-fp16", "pytorch-bf16", "tensorrt"]
+    expected = f"3 rows cannot run here: pytorch-fp16, pytorch-bf16 ({gpu}); tensorrt (no export directory given)"
+    assert [line for line in console if "pytorch-fp16" in line or "tensorrt" in line] == [expected]
+
+    results = _report_input(measured["rows"])
+    report = render_markdown(results).splitlines()
+    mentions = [line for line in report if "pytorch-bf16" in line or "`tensorrt`" in line]
+    assert mentions == [f"**Skipped**: 3 rows cannot run here: `pytorch-fp16`, `pytorch-bf16` ({gpu}); `tensorrt` "
+                        "(no export directory given) (results.json keeps each row with its reason)."]
+    assert "## Failed rows" in report and any(line.startswith("- `broken` **nonfinite**") for line in report)
+
+    _print_summary(results, {})
+    summary = capsys.readouterr().err.splitlines()
+    assert [line for line in summary if "pytorch-bf16" in line or "tensorrt" in line] == [expected]
+    assert any(line.startswith("broken nonfinite:") for line in summary)
+
+
+# ---------------------------------------------------------------------------- CPU competition
+
+
+PROC_STAT = """cpu  300 10 60 1000 50 5 5 7 0 0
+cpu0 100 0 20 500 20 0 0 0 0 0
+cpu1 100 10 20 300 10 5 5 7 0 0
+cpu2 100 0 20 200 20 0 0 0 0 0
+intr 5 6
+
+"""
+
+
+def test_busy_seconds_sums_non_idle_time_of_the_usable_cpus():
+    from resnet_deploy.environment import busy_seconds
+
+    # cpu0: user+system 120 (iowait is idle); cpu1: user, nice, system, irq, softirq, steal = 147.
+    assert busy_seconds(PROC_STAT, {0, 1}, 100) == (pytest.approx(2.67), 2)
+    assert busy_seconds(PROC_STAT, None, 100) == (pytest.approx(3.87), 3)
+    assert busy_seconds(PROC_STAT, {1}, 50) == (pytest.approx(2.94), 1)
+
+
+def test_cpu_competition_counts_other_processes_not_this_one():
+    from resnet_deploy.environment import COMPETITION_WARN_SHARE, CpuSnapshot, cpu_competition, cpu_snapshot
+
+    before = CpuSnapshot(wall_seconds=10.0, busy_seconds=100.0, own_seconds=50.0, cpus=2)
+    # Both cores busy with this process's own work (a pipeline right after its own training: load ~2).
+    alone = cpu_competition(before, CpuSnapshot(20.0, 119.0, 68.5, 2))
+    assert alone == {"window_seconds": 10.0, "cpus": 2, "other_cpu_seconds": 0.5, "other_share": 0.025,
+                     "warn_share": COMPETITION_WARN_SHARE, "competing": False}  # fmt: skip
+    # Another process took 11.5 of the 20 core-seconds.
+    shared = cpu_competition(before, CpuSnapshot(20.0, 130.0, 68.5, 2))
+    assert shared["other_cpu_seconds"] == 11.5 and shared["other_share"] == 0.575 and shared["competing"] is True
+    # Counter granularity can make own time exceed the busy time: never negative.
+    assert cpu_competition(before, CpuSnapshot(20.0, 110.0, 61.0, 2))["other_cpu_seconds"] == 0.0
+    # Unknown (no /proc/stat): None, not a guess.
+    assert cpu_competition(None, before) is None and cpu_competition(before, None) is None
+
+    def unreadable():
+        raise FileNotFoundError("/proc/stat")
+
+    assert cpu_snapshot(unreadable) is None
+    snapshot = cpu_snapshot(lambda: PROC_STAT)
+    assert snapshot.cpus == len({0, 1, 2} & os.sched_getaffinity(0))
+
+
+def test_report_warns_of_competition_measured_not_of_the_load_average():
+    from resnet_deploy.environment import CpuSnapshot, cpu_competition
+
+    before = CpuSnapshot(10.0, 100.0, 50.0, 2)
+    load = [2.03, 1.5, 1.2]
+
+    def line(competition):
+        text = render_markdown(_report_input([_row("pytorch-fp32")], load_average=load, cpu_competition=competition))
+        return next(l for l in text.splitlines() if l.startswith(("**Other processes**", "**Load average**")))
+
+    quiet = line(cpu_competition(before, CpuSnapshot(20.0, 119.0, 68.5, 2)))
+    assert quiet == "**Other processes** used 2.5% of the 2 usable CPUs' time while the rows ran (0.5 CPU-s in 10.0 s)."
+    busy = line(cpu_competition(before, CpuSnapshot(20.0, 130.0, 68.5, 2)))
+    assert busy.startswith("**Other processes** used 57.5% of the 2 usable CPUs' time") and "(over 10%): other processes were competing" in busy
+    unmeasured = line(None)
+    assert unmeasured.startswith("**Load average** when the run started (1/5/15 min): 2.03") and "competing" not in unmeasured
 
 
 # ---------------------------------------------------------------------------- CLI

@@ -19,7 +19,8 @@ baseline row (FP32 PyTorch eager): top-1 agreement and max/mean absolute logit d
 
 Failures stay in their row: an out-of-memory batch size ends the sweep for that runner with the largest
 batch that fitted; NaN/inf outputs are reported with the runner and batch; a runner that cannot run
-here (no GPU, no TensorRT) is a skipped row with the reason.
+here (no GPU, no TensorRT) is a skipped row with the reason (summed up in one line by the report and
+the console).
 
 SIGINT/SIGTERM (:mod:`resnet_deploy.signals`) stop the benchmark at the next timed iteration or
 accuracy batch: the measurement in progress is discarded (never reported as ok), what was measured

@@ -21,13 +21,16 @@ def build_results(
     """The full results document (see report.RESULTS_SCHEMA)."""
     from datetime import datetime, timezone
 
+    environment = collect_environment()
+    # Measured over the rows' own window (run_benchmark), unlike the load average taken here.
+    environment["hardware"]["cpu_competition"] = measured.get("cpu_competition")
     results = {
         "format": RESULTS_FORMAT,
         "version": RESULTS_VERSION,
         "run_name": run_name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": list(command) if command is not None else None,
-        **collect_environment(),
+        **environment,
         "model": model,
         "dataset": dataset,
         "baseline": measured["baseline"],

@@ -12,7 +12,9 @@ import numpy as np
 from .. import progress
 from ..backends.base import BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner
 from ..data import Normalization
+from ..environment import cpu_competition, cpu_snapshot
 from ..errors import UserError
+from ..report import skipped_summary
 from ..signals import StopRequest
 from .accuracy import accuracy_metrics, predict
 from .latency import _failed_entry, sweep_latency
@@ -32,9 +34,11 @@ def run_benchmark(
 ) -> dict:
     """Rows for every runner (the baseline first), with accuracy parity and latency sweeps.
 
-    Returns ``{"baseline", "settings", "rows", "interrupted"}``; :func:`build_results` adds the
-    environment. SIGINT/SIGTERM are caught while it runs (or by the caller's ``stop``): the benchmark
-    ends at the next safe point and ``interrupted`` says where (None when it ran to the end).
+    Returns ``{"baseline", "settings", "rows", "interrupted", "cpu_competition"}`` (the CPU time other
+    processes took while the rows ran, see :func:`~resnet_deploy.environment.cpu_competition`);
+    :func:`build_results` adds the environment. SIGINT/SIGTERM are caught while it runs (or by the
+    caller's ``stop``): the benchmark ends at the next safe point and ``interrupted`` says where (None
+    when it ran to the end).
     """
     settings.validate()
     names = [r.name for r in runners]
@@ -46,9 +50,12 @@ def run_benchmark(
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(StopRequest())
+        before = cpu_snapshot()
         rows, interrupted = _run_rows(ordered, images, labels, normalization, settings, baseline, stop)
+        competition = cpu_competition(before, cpu_snapshot())
     _add_speedups(rows, baseline)
-    return {"baseline": baseline, "settings": asdict(settings), "rows": rows, "interrupted": interrupted}
+    return {"baseline": baseline, "settings": asdict(settings), "rows": rows, "interrupted": interrupted,
+            "cpu_competition": competition}
 
 
 def _row_header(runner: Runner | SkippedRunner) -> dict:
@@ -72,11 +79,13 @@ def _run_rows(ordered, images, labels, normalization, settings: BenchSettings, b
     reference: dict = {}  # the baseline row's "logits" and "metrics", once measured
     rows: list[dict] = []
     interrupted: dict | None = None
+    not_run = skipped_summary([_row_header(r) for r in ordered if isinstance(r, SkippedRunner)])
+    if not_run:
+        progress.info(not_run)  # one line, however many rows
     for runner in ordered:
         row = _row_header(runner)
         rows.append(row)
         if isinstance(runner, SkippedRunner):
-            progress.info(f"skipped {runner.name}: {runner.reason}")
             continue
         row["settings"] = runner.describe()
         if stop.requested:

@@ -124,10 +124,14 @@ def _print_summary(results: dict, paths: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from ..report import skipped_summary
+
     table = Table(title=f"{results['run_name']} (baseline {results['baseline']})")
     for column in ("row", "status", "top-1 %", "Δ pts", "agree %", "img/s @ largest bs", "speedup"):
         table.add_column(column, no_wrap=column == "row")
     for row in results["rows"]:
+        if row["status"] == "skipped":
+            continue  # one line below
         acc = row.get("accuracy") or {}
         ok = [e for e in row.get("latency", []) if e["status"] == "ok"]
         last = ok[-1] if ok else None
@@ -145,8 +149,11 @@ def _print_summary(results: dict, paths: dict) -> None:
         console = Console(stderr=True, width=140)
     if progress.enabled():
         console.print(table)
+        not_run = skipped_summary(results["rows"])
+        if not_run:
+            console.print(escape(not_run), highlight=False)
         for row in results["rows"]:
-            if row["status"] != "ok":
+            if row["status"] not in ("ok", "skipped"):
                 console.print(f"[bold]{escape(row['name'])}[/bold] {row['status']}: {escape(str(row['reason']))}", highlight=False)
     verification = results.get("verification")
     if verification is not None:
@@ -168,7 +175,8 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     Runs the full test split through each row (top-1, Δ vs FP32, top-1 agreement, logit differences),
     then a latency sweep per batch size (p50/p90/p99, images/s, peak memory). Writes results.json,
     report.md, latency_vs_batch.png and accuracy_vs_throughput.png to benchmarks/results/NAME/.
-    Rows that cannot run here (no GPU, no TensorRT, no artifact) are listed as skipped with the reason.
+    Rows that cannot run here (no GPU, no TensorRT, no artifact) are summed up in one line with the
+    reasons (report.md and the console; results.json keeps each skipped row).
 
     \b
     Examples:
