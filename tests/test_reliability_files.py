@@ -507,11 +507,12 @@ def _mutate(data: bytes, mutations) -> bytes:
     return bytes(buffer)
 
 
-def test_fuzz_image_decoder(figures):
-    """Mutated PNG/JPEG/BMP/GIF/TIFF/WebP/PPM bytes: a 32x32 RGB array or a UserError, nothing else."""
-    seeds = _seed_images()
+def _fuzz_reader(figures, name: str, seeds: list[bytes], read, accepted: str) -> None:
+    """Feed mutated ``seeds`` to ``read(blob)``: it returns (counted as ``accepted``) or raises UserError.
 
-    with observed(figures, "fuzz_image_decoder", "inputs", "decoded", "refused", "other exceptions") as outcomes:
+    ``read`` asserts what a returned value must be; any other exception is counted and fails the test.
+    """
+    with observed(figures, name, "inputs", accepted, "refused", "other exceptions") as outcomes:
 
         @FUZZ
         @given(st.integers(0, len(seeds) - 1), _mutations())
@@ -519,36 +520,30 @@ def test_fuzz_image_decoder(figures):
             outcomes["inputs"] += 1
             with _counting_other_exceptions(outcomes):
                 try:
-                    image = data_module.decode_image(_mutate(seeds[seed_index], mutations), "fuzzed")
+                    read(_mutate(seeds[seed_index], mutations))
                 except UserError:
                     outcomes["refused"] += 1
                 else:
-                    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
-                    outcomes["decoded"] += 1
+                    outcomes[accepted] += 1
 
         check()
+
+
+def test_fuzz_image_decoder(figures):
+    """Mutated PNG/JPEG/BMP/GIF/TIFF/WebP/PPM bytes: a 32x32 RGB array or a UserError, nothing else."""
+
+    def decode(blob):
+        image = data_module.decode_image(blob, "fuzzed")
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+
+    _fuzz_reader(figures, "fuzz_image_decoder", _seed_images(), decode, "decoded")
 
 
 def test_fuzz_cifar_unpickler(figures):
     """Mutated CIFAR batch pickles (protocols 0-5): a dict or a UserError; never a global outside numpy."""
     batch = {b"data": np.arange(4 * 3072, dtype=np.uint8).reshape(4, 3072), b"labels": [1, 2, 3, 4], b"batch_label": b"x"}
     seeds = [pickle.dumps(batch, protocol=p) for p in range(6)]
-
-    with observed(figures, "fuzz_cifar_unpickler", "inputs", "loaded", "refused", "other exceptions") as outcomes:
-
-        @FUZZ
-        @given(st.integers(0, len(seeds) - 1), _mutations())
-        def check(seed_index, mutations):
-            outcomes["inputs"] += 1
-            with _counting_other_exceptions(outcomes):
-                try:
-                    data_module._unpickle(_mutate(seeds[seed_index], mutations), "fuzzed")
-                except UserError:
-                    outcomes["refused"] += 1
-                else:
-                    outcomes["loaded"] += 1
-
-        check()
+    _fuzz_reader(figures, "fuzz_cifar_unpickler", seeds, lambda blob: data_module._unpickle(blob, "fuzzed"), "loaded")
 
 
 def test_fuzz_archive_reader(tmp_path, figures):
