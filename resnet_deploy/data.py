@@ -370,7 +370,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _unpickle(data: bytes, what: str) -> dict:
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as exc:
+    # MemoryError/OverflowError: a damaged length field (a BYTEARRAY8 opcode claiming 2**60 bytes)
+    # makes the unpickler try to allocate that much before it reads a byte of it.
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError, MemoryError, OverflowError) as exc:
         raise UserError(f"{what} is not a valid CIFAR batch: {exc}") from exc
     if not isinstance(obj, dict):
         raise UserError(f"{what} is not a valid CIFAR batch: expected a dict, got {type(obj).__name__}")
