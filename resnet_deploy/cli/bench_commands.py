@@ -336,14 +336,14 @@ def _check_pipeline_options(train_from_scratch: bool, model: str, lr: float, see
             raise UserError(str(exc.args[0]).replace("--device", "--train-device"),
                             hint=exc.hint.replace("--device", "--train-device") if exc.hint else None) from None
     if compute_capability is not None:
-        from ..export.tensorrt import parse_compute_capability
+        from ..tensorrt import parse_compute_capability
 
         parse_compute_capability(compute_capability)
     if build_tensorrt:  # --tensorrt makes a missing TensorRT an error: say so now, not after training
-        from ..export.tensorrt import current_gpu, import_tensorrt
+        from ..tensorrt import runtime
 
-        import_tensorrt()
-        if current_gpu() is None and not compute_capability:
+        runtime.import_tensorrt()
+        if runtime.current_gpu() is None and not compute_capability:
             raise UserError("--tensorrt: no CUDA GPU here and no --compute-capability given",
                             hint="name the target GPU with --compute-capability (TensorRT-RTX), or drop --tensorrt")
 
