@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -72,20 +71,17 @@ def bench_options(func=None, *, verify_default: bool = False):
 
 def make_bench_config(options: dict):
     """RunnerOptions, BenchSettings and Thresholds|None from the shared options (popped from ``options``)."""
-    from ..backends import RunnerOptions
+    from ..backends import RunnerOptions, parse_device
     from ..bench import BenchSettings, Thresholds
 
-    device = options.pop("device")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    device_id = int(device.split(":")[1]) if ":" in device else 0
+    device, device_id = parse_device(options.pop("device"))
     if options["no_accuracy"] and options["no_latency"]:
         raise UserError("--no-accuracy and --no-latency together leave nothing to measure",
                         hint="drop one of them: --no-latency measures accuracy only, --no-accuracy latency only")
     runner_options = RunnerOptions(
         backends=_parse_choices(options.pop("backends"), "--backend", BACKENDS),
         precisions=_parse_choices(options.pop("precisions"), "--precision", PRECISIONS),
-        device=device if device != "cuda" else "cuda:0",
+        device=device,
         threads=options.pop("threads"),
         compile=options.pop("compile_"),
         channels_last=options.pop("channels_last"),
