@@ -437,13 +437,16 @@ def _train(config: PipelineConfig, dataset, resume: bool) -> list[Path]:
 def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, directory: Path, resume: bool = False) -> list[Path]:
     from . import quantize
 
+    # QAT starts from calibrated observers: the same method and calibration images as PTQ (both are
+    # inputs of the stage's hash, so QAT must use them too).
+    calibration = {"calib_size": config.calib_size, **({"method": config.calib_method} if config.calib_method else {})}
     if kind == "ptq":
-        method = {"method": config.calib_method} if config.calib_method else {}
-        quantize.quantize_ptq(loaded, dataset, directory, target=target, calib_size=config.calib_size, **method)
+        quantize.quantize_ptq(loaded, dataset, directory, target=target, **calibration)
     else:
         if not hasattr(quantize, "quantize_qat"):
             raise UserError("this resnet-deploy's quantize stage has no quantize_qat; use --quantization ptq")
-        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr, resume=resume)
+        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr,
+                              resume=resume, **calibration)
     return [directory / "manifest.json"]
 
 

@@ -218,8 +218,8 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
 @click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
-@click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"PTQ calibration method [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
-@click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="PTQ calibration images (from the training split).")
+@click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"Calibration method of PTQ and of QAT's starting observers [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
+@click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Calibration images of PTQ and of QAT's starting observers (from the training split).")
 @click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1), help="With --quantization qat/both: fine-tuning epochs.")
 @click.option("--qat-lr", default=1e-3, show_default=True, type=float, help="With --quantization qat/both: fine-tuning learning rate.")
 @click.option("--fp16/--no-fp16", "export_fp16", default=True, show_default=True, help="Also export FP16 ONNX (and engine).")
