@@ -32,12 +32,15 @@ from typing import Any, Callable
 from . import progress
 from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file, write_json
+from .quantize_choices import TARGETS
 from .validation import is_text
 from .zoo import pretrained_name, read_registry
 
 STATE_FORMAT = "resnet-deploy/pipeline"
 QUANTIZATION_CHOICES = ("ptq", "qat", "both", "none")
-INT8_TARGETS = ("cpu", "tensorrt")
+# The quantize stage's targets, in the order the pipeline has always run them: cpu first, then the rest
+# in quantize_choices' order.
+INT8_TARGETS = tuple(sorted(TARGETS, key=lambda target: target != "cpu"))
 
 
 @dataclass

@@ -197,3 +197,13 @@ def test_qat_stage_gets_the_calibration_settings(tmp_path, monkeypatch):
     _quantize(PipelineConfig(name="default", calib_size=7), object(), object(), "qat", "tensorrt", tmp_path / "d", resume=True)
     assert calls["qat"]["calib_size"] == 7 and "method" not in calls["qat"], "no --calib-method: quantize's own default"
 
+
+def test_int8_targets_are_the_quantize_targets_cpu_first():
+    """One definition of the targets (quantize_choices.TARGETS); the pipeline runs cpu first, as always."""
+    from resnet_deploy.pipeline import INT8_TARGETS
+    from resnet_deploy.quantize_choices import TARGETS
+
+    assert sorted(INT8_TARGETS) == sorted(TARGETS) and len(INT8_TARGETS) == len(TARGETS)
+    assert INT8_TARGETS == ("cpu", "tensorrt")
+    option = next(p for p in main.commands["pipeline"].params if p.name == "int8_targets")
+    assert option.default == ",".join(INT8_TARGETS)

@@ -13,6 +13,7 @@ from .. import progress
 from ..backends.base import BACKENDS, PRECISIONS
 from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
+from ..pipeline import INT8_TARGETS
 from ..quantize_choices import DEFAULT_METHOD, METHODS
 from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left, parse_int_list
 
@@ -217,7 +218,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 @click.option("--train-device", default="auto", show_default=True, help="With --train: training device (auto, cpu, cuda, cuda:N).")
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
-@click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
+@click.option("--int8-targets", default=",".join(INT8_TARGETS), show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
 @click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"Calibration method of PTQ and of QAT's starting observers [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
 @click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Calibration images of PTQ and of QAT's starting observers (from the training split).")
 @click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1), help="With --quantization qat/both: fine-tuning epochs.")
@@ -250,7 +251,7 @@ def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batc
       resnet-deploy pipeline --train --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
     """
     from ..bench import raise_if_failed
-    from ..pipeline import INT8_TARGETS, PipelineConfig, raise_if_stages_failed, run_pipeline
+    from ..pipeline import PipelineConfig, raise_if_stages_failed, run_pipeline
 
     runner_options, settings, thresholds = make_bench_config(options)
     targets = tuple(part.strip().lower() for part in int8_targets.split(",") if part.strip())
