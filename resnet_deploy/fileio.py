@@ -23,8 +23,23 @@ from typing import Any, Iterable, Iterator
 from .errors import UserError
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+_PROC_STATUS = "/proc/self/status"
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the kernel reports it (Linux 4.7+: the
+    ``Umask:`` line of /proc/self/status). Elsewhere it is set and restored, which another thread
+    creating a file in between would see: there is no other portable way to read it."""
+    try:
+        with open(_PROC_STATUS, encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0o077)  # the strict mask meanwhile: a file made by another thread is private, not public
+    os.umask(umask)
+    return umask
 
 
 # Errors of the file system, not of the program: shown as a clear message (exit 2), not a traceback.
@@ -48,7 +63,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give what open() would
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except OSError as exc:

@@ -32,12 +32,15 @@ from typing import Any, Callable
 from . import progress
 from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file, write_json
+from .quantize_choices import TARGETS
 from .validation import is_text
 from .zoo import pretrained_name, read_registry
 
 STATE_FORMAT = "resnet-deploy/pipeline"
 QUANTIZATION_CHOICES = ("ptq", "qat", "both", "none")
-INT8_TARGETS = ("cpu", "tensorrt")
+# The quantize stage's targets, in the order the pipeline has always run them: cpu first, then the rest
+# in quantize_choices' order.
+INT8_TARGETS = tuple(sorted(TARGETS, key=lambda target: target != "cpu"))
 
 
 @dataclass
@@ -437,13 +440,16 @@ def _train(config: PipelineConfig, dataset, resume: bool) -> list[Path]:
 def _quantize(config: PipelineConfig, loaded, dataset, kind: str, target: str, directory: Path, resume: bool = False) -> list[Path]:
     from . import quantize
 
+    # QAT starts from calibrated observers: the same method and calibration images as PTQ (both are
+    # inputs of the stage's hash, so QAT must use them too).
+    calibration = {"calib_size": config.calib_size, **({"method": config.calib_method} if config.calib_method else {})}
     if kind == "ptq":
-        method = {"method": config.calib_method} if config.calib_method else {}
-        quantize.quantize_ptq(loaded, dataset, directory, target=target, calib_size=config.calib_size, **method)
+        quantize.quantize_ptq(loaded, dataset, directory, target=target, **calibration)
     else:
         if not hasattr(quantize, "quantize_qat"):
             raise UserError("this resnet-deploy's quantize stage has no quantize_qat; use --quantization ptq")
-        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr, resume=resume)
+        quantize.quantize_qat(loaded, dataset, directory, target=target, epochs=config.qat_epochs, lr=config.qat_lr,
+                              resume=resume, **calibration)
     return [directory / "manifest.json"]
 
 

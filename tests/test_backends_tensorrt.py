@@ -38,7 +38,7 @@ def engine(model, tmp_path_factory):
     onnx_path = export_stage.export_onnx(model, folder / "model-fp32.onnx", info).path
     engine_path = folder / "model-fp32.sm86.engine"
     mp = pytest.MonkeyPatch()
-    mp.setattr("resnet_deploy.export.tensorrt.current_gpu", lambda: None)
+    mp.setattr("resnet_deploy.tensorrt.runtime.current_gpu", lambda: None)
     try:
         export_stage.build_engine(onnx_path, engine_path, precision="fp32", min_batch=1, opt_batch=8, max_batch=16,
                                   workspace_mb=64, opt_level=0, timing_cache=None, compute_capability="8.6")
@@ -89,7 +89,7 @@ def test_missing_tensorrt_names_the_install(tmp_path, monkeypatch):
     def missing():
         raise MissingDependencyError("TensorRT", "pip install tensorrt (or tensorrt-rtx-cu13-bindings)", "loading TensorRT engines")
 
-    monkeypatch.setattr(export_stage, "import_tensorrt", missing)
+    monkeypatch.setattr("resnet_deploy.tensorrt.runtime.import_tensorrt", missing)
     runner = TensorRTRunner(engine_path, precision="int8")
     with pytest.raises(BackendUnavailable, match="pip install tensorrt"):
         runner.activate()

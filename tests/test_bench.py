@@ -430,6 +430,9 @@ def test_bench_cli_writes_report(trained, tmp_path):
         (["--batch-sizes", "1,x"], "--batch-sizes"),
         (["--verify", "--no-accuracy"], "--verify needs the accuracy pass"),
         (["--device", "tpu"], "--device must be"),
+        # the one device parser (backends.parse_device): the CLI's own regex let these through
+        (["--device", "cuda:\u0663"], "--device must be cpu, cuda or cuda:N with N a GPU number"),
+        (["--device", "cuda:000001"], "--device must be cpu, cuda or cuda:N with N a GPU number"),
         ([], "give --checkpoint, --export"),
     ],
 )

@@ -21,6 +21,7 @@ from resnet_deploy.cli import main
 from resnet_deploy.errors import UserError
 from resnet_deploy.export import ExportOptions, check_parity, export_checkpoint
 from resnet_deploy.export import tensorrt as trt_lib
+from resnet_deploy.tensorrt import runtime as trt_runtime
 from resnet_deploy.export.parity import ParityInputs
 from resnet_deploy.export.qdq import _constants, analyse_qdq, int32_linear_biases, ort_int8_kernels, ort_optimized_model, qdq_problems_of
 
@@ -57,7 +58,7 @@ def int8_exports(int8_artifacts, trained_resnet20, cifar10_small, tmp_path_facto
     reports = {}
     available, _ = trt_lib.tensorrt_available()
     mp = pytest.MonkeyPatch()
-    mp.setattr(trt_lib, "current_gpu", lambda: None)
+    mp.setattr(trt_runtime, "current_gpu", lambda: None)
     try:
         for target in ("tensorrt", "cpu"):
             options = ExportOptions(

@@ -23,6 +23,7 @@ from resnet_deploy.cli import main
 from resnet_deploy.data import normalize, to_tensor_images
 from resnet_deploy.errors import UserError
 from resnet_deploy.export import tensorrt as trt_lib
+from resnet_deploy.tensorrt import runtime as trt_runtime
 from resnet_deploy.inspect import InspectOptions, OnnxGraph, inspect_int8, lint_report
 from resnet_deploy.inspect.layers import build_layer_map
 from resnet_deploy.inspect.lint import lint_graph
@@ -358,7 +359,7 @@ def test_export_lints_before_building_an_int8_engine(clean_run, tmp_path, monkey
 
     _, record, _ = clean_run
     shutil.copy(record["onnx"]["path"], tmp_path / "model-int8-tensorrt.onnx")
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     manifest = {"artifacts": [{"kind": "onnx", "precision": "int8", "scheme": "tensorrt", "path": "model-int8-tensorrt.onnx",
                                "parity": {"passed": True}}], "skipped": []}
     options = ExportOptions(checkpoint=tmp_path / "unused.pt", output_dir=tmp_path, min_batch=1, opt_batch=1, max_batch=2)

@@ -172,3 +172,38 @@ def test_interrupted_qat_stage_resumes_with_the_same_settings(tmp_path, syntheti
     assert run_cli(tmp_path, *args).exit_code == 2
     assert run_cli(tmp_path, *args, "--force").exit_code == 2
     assert calls == [False, True, False]
+
+
+def test_qat_stage_gets_the_calibration_settings(tmp_path, monkeypatch):
+    """QAT starts from calibrated observers: --calib-size and --calib-method (inputs of the quantize
+    stage's hash) reach quantize_qat as they reach quantize_ptq. Only the stage bodies are replaced."""
+    import resnet_deploy.quantize as quantize_stage
+    from resnet_deploy.pipeline import PipelineConfig, _quantize
+
+    calls = {}
+
+    def recorder(kind):
+        def record(loaded, dataset, directory, **kwargs):
+            calls[kind] = kwargs
+        return record
+
+    monkeypatch.setattr(quantize_stage, "quantize_ptq", recorder("ptq"))
+    monkeypatch.setattr(quantize_stage, "quantize_qat", recorder("qat"))
+    config = PipelineConfig(name="calib", calib_size=123, calib_method="minmax", qat_epochs=1, qat_lr=0.01)
+    for kind in ("ptq", "qat"):
+        _quantize(config, object(), object(), kind, "cpu", tmp_path / kind, resume=False)
+    assert calls["ptq"] == {"target": "cpu", "calib_size": 123, "method": "minmax"}
+    assert calls["qat"] == {"target": "cpu", "epochs": 1, "lr": 0.01, "resume": False, "calib_size": 123, "method": "minmax"}
+    _quantize(PipelineConfig(name="default", calib_size=7), object(), object(), "qat", "tensorrt", tmp_path / "d", resume=True)
+    assert calls["qat"]["calib_size"] == 7 and "method" not in calls["qat"], "no --calib-method: quantize's own default"
+
+
+def test_int8_targets_are_the_quantize_targets_cpu_first():
+    """One definition of the targets (quantize_choices.TARGETS); the pipeline runs cpu first, as always."""
+    from resnet_deploy.pipeline import INT8_TARGETS
+    from resnet_deploy.quantize_choices import TARGETS
+
+    assert sorted(INT8_TARGETS) == sorted(TARGETS) and len(INT8_TARGETS) == len(TARGETS)
+    assert INT8_TARGETS == ("cpu", "tensorrt")
+    option = next(p for p in main.commands["pipeline"].params if p.name == "int8_targets")
+    assert option.default == ",".join(INT8_TARGETS)

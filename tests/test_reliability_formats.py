@@ -210,10 +210,11 @@ def _engine_folder(folder: Path) -> tuple[Path, dict]:
 def fake_tensorrt(monkeypatch):
     """TensorRT-RTX 1.7.1.116 'installed' and no GPU, so that check_engine runs every check up to the
     deserialisation (which needs a GPU) without TensorRT itself."""
-    from resnet_deploy.export import tensorrt as trt_lib
+    from resnet_deploy import tensorrt as trt_lib
+    from resnet_deploy.tensorrt import runtime
 
-    monkeypatch.setattr(trt_lib, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(runtime, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
+    monkeypatch.setattr(runtime, "current_gpu", lambda: None)
     return trt_lib
 
 
@@ -291,9 +292,9 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
     replaced by one that returns a sidecar (no TensorRT here), then rewrites the manifest and prints it."""
     from resnet_deploy.export import manifest as manifest_lib
     from resnet_deploy.export import pipeline as export_pipeline
-    from resnet_deploy.export import tensorrt as trt_lib
     from resnet_deploy.inspect import debugger
     from resnet_deploy.inspect import lint
+    from resnet_deploy.tensorrt import runtime
 
     folder = tmp_path / "exports" / "run"
     manifest = _export_folder(folder)
@@ -304,8 +305,8 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
     def fake_build_engine(onnx_path, engine_path, *, precision, min_batch, opt_batch, max_batch, **_):
         return {**sidecar, "precision": precision, "min_batch": min_batch, "opt_batch": opt_batch, "max_batch": max_batch}
 
-    monkeypatch.setattr(export_pipeline, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(runtime, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
+    monkeypatch.setattr(runtime, "current_gpu", lambda: None)
     monkeypatch.setattr(export_pipeline, "build_engine", fake_build_engine)
     monkeypatch.setattr(lint, "lint_before_engine_build", lambda path: {"int8": 19, "not_int8": []})
     quantized = types.SimpleNamespace(target="tensorrt", checkpoint_sha256="1" * 64)

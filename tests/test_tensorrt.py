@@ -20,7 +20,8 @@ from tensorrt_support import require_tensorrt
 from resnet_deploy.data import Normalization
 from resnet_deploy.errors import MissingDependencyError, UserError
 from resnet_deploy.export import ExportInfo, build_engine, check_engine, export_onnx, import_tensorrt, read_sidecar
-from resnet_deploy.export import tensorrt as trt_lib
+from resnet_deploy.export import tensorrt as trt_lib  # the old import path, still working
+from resnet_deploy.tensorrt import runtime as trt_runtime  # where TensorRT and the GPU are looked up
 from resnet_deploy.models import ModelSpec, build_model
 
 NORM = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
@@ -101,7 +102,7 @@ def onnx_files(tmp_path_factory):
 def engines(onnx_files, tmp_path_factory):
     require_tensorrt(rtx=True)
     mp = pytest.MonkeyPatch()
-    mp.setattr(trt_lib, "current_gpu", lambda: None)  # the CPU-only case, even where a GPU exists
+    mp.setattr(trt_runtime, "current_gpu", lambda: None)  # the CPU-only case, even where a GPU exists
     folder = tmp_path_factory.mktemp("engines")
     built = {}
     try:
@@ -136,7 +137,7 @@ def test_engines_build_with_sidecar(engines, onnx_files):
 
 @needs_rtx
 def test_check_engine_accepts_a_good_engine(engines, onnx_files, monkeypatch):
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: {"name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"})
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: {"name": "NVIDIA GeForce RTX 3090", "compute_capability": "8.6"})
     engine, sidecar = engines["fp32"]
     assert check_engine(engine)["engine"]["sha256"] == sidecar["engine"]["sha256"]
     assert check_engine(engine, onnx_files["fp32"]) == sidecar
@@ -160,7 +161,7 @@ def engine_copy(engines, onnx_files, tmp_path):
 @needs_rtx
 def test_check_engine_detects_other_gpu(engine_copy, monkeypatch):
     engine, _ = engine_copy
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: {"name": "NVIDIA L4", "compute_capability": "8.9"})
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: {"name": "NVIDIA L4", "compute_capability": "8.9"})
     with pytest.raises(UserError, match="built for compute capability 8.6.*8.9"):
         check_engine(engine)
 
@@ -207,14 +208,14 @@ def test_check_engine_detects_changed_onnx_engine_and_missing_sidecar(engine_cop
 @needs_rtx
 def test_deserialize_refuses_without_gpu(engine_copy, monkeypatch):
     engine, _ = engine_copy
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     with pytest.raises(UserError, match="no CUDA GPU"):
         trt_lib.deserialize_engine(engine)
 
 
 @needs_rtx
 def test_build_rejects_bad_requests(onnx_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     common = dict(min_batch=1, opt_batch=8, max_batch=16, workspace_mb=256, opt_level=1, timing_cache=None)
     with pytest.raises(UserError, match="fp32 model"):
         build_engine(onnx_files["fp32"], tmp_path / "x.engine", precision="fp16", compute_capability="8.6", **common)
@@ -236,7 +237,7 @@ def test_build_rejects_bad_requests(onnx_files, tmp_path, monkeypatch):
 
 @needs_rtx
 def test_static_batch_engine(onnx_files, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     sidecar = build_engine(onnx_files["static"], tmp_path / "s.engine", precision="fp32", min_batch=8, opt_batch=8,
                            max_batch=8, workspace_mb=256, opt_level=1, timing_cache=None, compute_capability="8.9")
     assert sidecar["dynamic_batch"] is False and sidecar["shapes"]["logits"] == [8, 10]
@@ -245,7 +246,7 @@ def test_static_batch_engine(onnx_files, tmp_path, monkeypatch):
 
 @needs_rtx
 def test_cli_export_builds_engines_and_check_engine(synthetic_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     runner = CliRunner()
     result = runner.invoke(main, ["export", str(synthetic_checkpoint), "--fp16", "--output-dir", str(tmp_path), "--name", "r",
                                   "--compute-capability", "8.6", "--max-batch", "64"])
@@ -281,7 +282,7 @@ def test_int8_qdq_engine_from_a_quantized_model(synthetic_checkpoint, synthetic,
     from resnet_deploy.export.pipeline import _register_quantized_ops
     from resnet_deploy.quantize import load_quantized, quantize_ptq
 
-    monkeypatch.setattr(trt_lib, "current_gpu", lambda: None)
+    monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     loaded = load_checkpoint(synthetic_checkpoint)
     quantize_ptq(loaded, synthetic, tmp_path / "q", target="tensorrt", calib_size=128, evaluate=False)
     _register_quantized_ops()

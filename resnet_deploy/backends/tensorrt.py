@@ -6,9 +6,9 @@ bound with ``IExecutionContext.set_tensor_address`` and ``execute_async_v3`` enq
 graph (``torch.cuda.graph``) and replayed, which removes the per-launch CPU overhead that dominates small
 batches; the input is copied into the graph's static buffer first.
 
-An engine is only valid for the GPU architecture and TensorRT version it was built with; the export
-stage's ``check_engine`` (sidecar JSON) refuses a mismatch with a message before deserialization.
-Batches outside the engine's optimization profile are refused with the profile's range.
+An engine is only valid for the GPU architecture and TensorRT version it was built with; the sidecar
+checks of ``resnet_deploy.tensorrt`` (``check_engine``) refuse a mismatch with a message before
+deserialization. Batches outside the engine's optimization profile are refused with the profile's range.
 """
 
 from __future__ import annotations
@@ -19,26 +19,14 @@ from typing import Any
 import numpy as np
 
 from ..errors import MissingDependencyError, UserError
+from ..tensorrt import check_engine, deserialize_engine, runtime
 from .base import BackendUnavailable, Runner
-
-
-def _export_api():
-    """The export stage's public TensorRT helpers (import_tensorrt, check_engine, deserialize_engine)."""
-    try:
-        from .. import export
-    except ImportError as exc:  # pragma: no cover - the export stage ships with this package
-        raise BackendUnavailable(f"the export stage cannot be imported: {exc}") from exc
-    missing = [name for name in ("import_tensorrt", "check_engine", "deserialize_engine") if not hasattr(export, name)]
-    if missing:
-        raise BackendUnavailable(f"this resnet-deploy's export stage lacks {', '.join(missing)}")
-    return export
 
 
 def import_tensorrt():
     """(module, flavour, version) of full TensorRT or TensorRT-RTX; BackendUnavailable if neither."""
-    export = _export_api()
     try:
-        return export.import_tensorrt()
+        return runtime.import_tensorrt()
     except MissingDependencyError as exc:
         raise BackendUnavailable(str(exc)) from exc
 
@@ -104,17 +92,26 @@ class TensorRTRunner(Runner):
 
         trt, self.flavour, version = import_tensorrt()
         self.trt_version = str(version)
-        export = _export_api()
         # The engine's own checks first (sidecar hash, TensorRT version, GPU architecture, source ONNX):
         # a broken or stale engine is an error even on a machine that could not run a good one.
-        self.sidecar = export.check_engine(self.engine_path, self.onnx_path)
+        self.sidecar = check_engine(self.engine_path, self.onnx_path)
         reason = cuda_unavailable_reason()
         if reason:
             raise BackendUnavailable(reason)
         torch.cuda.set_device(self.device_id)
-        engine = export.deserialize_engine(self.engine_path)
-        if engine is None:
-            raise UserError(f"TensorRT could not deserialize {self.engine_path} (see the TensorRT log above)")
+        engine = deserialize_engine(self.engine_path)
+        self._bind_io(trt, engine)
+        self._engine = engine
+        self._context = engine.create_execution_context()
+        if self._context is None:
+            raise UserError(f"TensorRT could not create an execution context for {self.engine_path} (GPU memory?)")
+        self._stream = torch.cuda.Stream(device=self.device_id)
+        self._device_memory_mb = _engine_device_memory(engine) / 2**20
+
+    def _bind_io(self, trt, engine) -> None:
+        """The engine's one input and one output: names, profile batch range, torch dtypes."""
+        import torch
+
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -123,20 +120,14 @@ class TensorRTRunner(Runner):
         self.input_name, self.output_name = inputs[0], outputs[0]
         min_shape, _opt, max_shape = engine.get_tensor_profile_shape(self.input_name, 0)
         self.min_batch_size, self.max_batch_size = int(min_shape[0]), int(max_shape[0])
-        self._torch_dtypes = {
+        torch_dtypes = {
             trt.DataType.FLOAT: torch.float32,
             trt.DataType.HALF: torch.float16,
             trt.DataType.BF16: torch.bfloat16,
             trt.DataType.INT8: torch.int8,
         }
-        self._input_dtype = self._torch_dtypes[engine.get_tensor_dtype(self.input_name)]
-        self._output_dtype = self._torch_dtypes[engine.get_tensor_dtype(self.output_name)]
-        self._engine = engine
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise UserError(f"TensorRT could not create an execution context for {self.engine_path} (GPU memory?)")
-        self._stream = torch.cuda.Stream(device=self.device_id)
-        self._device_memory_mb = _engine_device_memory(engine) / 2**20
+        self._input_dtype = torch_dtypes[engine.get_tensor_dtype(self.input_name)]
+        self._output_dtype = torch_dtypes[engine.get_tensor_dtype(self.output_name)]
 
     def _deactivate(self) -> None:
         import torch

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from .. import progress
 from ..backends.base import BACKENDS, PRECISIONS
 from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
+from ..pipeline import INT8_TARGETS
 from ..quantize_choices import DEFAULT_METHOD, METHODS
 from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left, parse_int_list
 
@@ -72,20 +72,17 @@ def bench_options(func=None, *, verify_default: bool = False):
 
 def make_bench_config(options: dict):
     """RunnerOptions, BenchSettings and Thresholds|None from the shared options (popped from ``options``)."""
-    from ..backends import RunnerOptions
+    from ..backends import RunnerOptions, parse_device
     from ..bench import BenchSettings, Thresholds
 
-    device = options.pop("device")
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
-        raise UserError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
-    device_id = int(device.split(":")[1]) if ":" in device else 0
+    device, device_id = parse_device(options.pop("device"))
     if options["no_accuracy"] and options["no_latency"]:
         raise UserError("--no-accuracy and --no-latency together leave nothing to measure",
                         hint="drop one of them: --no-latency measures accuracy only, --no-accuracy latency only")
     runner_options = RunnerOptions(
         backends=_parse_choices(options.pop("backends"), "--backend", BACKENDS),
         precisions=_parse_choices(options.pop("precisions"), "--precision", PRECISIONS),
-        device=device if device != "cuda" else "cuda:0",
+        device=device,
         threads=options.pop("threads"),
         compile=options.pop("compile_"),
         channels_last=options.pop("channels_last"),
@@ -229,9 +226,9 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
 @click.option("--train-device", default="auto", show_default=True, help="With --train: training device (auto, cpu, cuda, cuda:N).")
 @dataset_options
 @click.option("--quantization", type=click.Choice(["ptq", "qat", "both", "none"]), default="ptq", show_default=True, help="int8 by post-training calibration, quantization-aware fine-tuning, or both (exports use QAT's then).")
-@click.option("--int8-targets", default="cpu,tensorrt", show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
-@click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"PTQ calibration method [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
-@click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="PTQ calibration images (from the training split).")
+@click.option("--int8-targets", default=",".join(INT8_TARGETS), show_default=True, help="int8 schemes: cpu (U8S8, ONNX Runtime's fast CPU path), tensorrt (symmetric S8S8).")
+@click.option("--calib-method", type=click.Choice(METHODS), default=None, help=f"Calibration method of PTQ and of QAT's starting observers [{DEFAULT_METHOD}, quantize's default] (see resnet-deploy quantize --help).")
+@click.option("--calib-size", default=1000, show_default=True, type=click.IntRange(min=1), help="Calibration images of PTQ and of QAT's starting observers (from the training split).")
 @click.option("--qat-epochs", default=2, show_default=True, type=click.IntRange(min=1), help="With --quantization qat/both: fine-tuning epochs.")
 @click.option("--qat-lr", default=1e-3, show_default=True, type=float, help="With --quantization qat/both: fine-tuning learning rate.")
 @click.option("--fp16/--no-fp16", "export_fp16", default=True, show_default=True, help="Also export FP16 ONNX (and engine).")
@@ -262,7 +259,7 @@ def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batc
       resnet-deploy pipeline --train --dataset synthetic --epochs 1 --train-subset 512 --test-subset 256 --name smoke
     """
     from ..bench import raise_if_failed
-    from ..pipeline import INT8_TARGETS, PipelineConfig, raise_if_stages_failed, run_pipeline
+    from ..pipeline import PipelineConfig, raise_if_stages_failed, run_pipeline
 
     runner_options, settings, thresholds = make_bench_config(options)
     targets = tuple(part.strip().lower() for part in int8_targets.split(",") if part.strip())
@@ -344,14 +341,14 @@ def _check_pipeline_options(train_from_scratch: bool, model: str, lr: float, see
             raise UserError(str(exc.args[0]).replace("--device", "--train-device"),
                             hint=exc.hint.replace("--device", "--train-device") if exc.hint else None) from None
     if compute_capability is not None:
-        from ..export.tensorrt import parse_compute_capability
+        from ..tensorrt import parse_compute_capability
 
         parse_compute_capability(compute_capability)
     if build_tensorrt:  # --tensorrt makes a missing TensorRT an error: say so now, not after training
-        from ..export.tensorrt import current_gpu, import_tensorrt
+        from ..tensorrt import runtime
 
-        import_tensorrt()
-        if current_gpu() is None and not compute_capability:
+        runtime.import_tensorrt()
+        if runtime.current_gpu() is None and not compute_capability:
             raise UserError("--tensorrt: no CUDA GPU here and no --compute-capability given",
                             hint="name the target GPU with --compute-capability (TensorRT-RTX), or drop --tensorrt")
 

@@ -12,13 +12,23 @@ Public API (other stages use only these):
   absolute, sha256 of every artifact checked.
 * ``find_artifact(manifest, kind, precision, scheme=None)``.
 * ``check_parity(onnx_path, reference, inputs, precision)``, ``fixed_batch(...)``, ``THRESHOLDS``.
-* TensorRT (``tensorrt.py``): ``import_tensorrt() -> (module, flavour, version)``,
-  ``build_engine(onnx_path, engine_path, *, precision, min_batch, opt_batch, max_batch, workspace_mb,
-  opt_level, timing_cache, compute_capability=None) -> sidecar``, ``check_engine(engine_path,
-  onnx_path=None) -> sidecar``, ``deserialize_engine(engine_path) -> ICudaEngine``, ``read_sidecar``,
-  ``current_gpu()``.
+* TensorRT (defined in ``resnet_deploy.tensorrt``, re-exported here): ``import_tensorrt() ->
+  (module, flavour, version)``, ``build_engine(onnx_path, engine_path, *, precision, min_batch,
+  opt_batch, max_batch, workspace_mb, opt_level, timing_cache, compute_capability=None) -> sidecar``,
+  ``check_engine(engine_path, onnx_path=None) -> sidecar``, ``deserialize_engine(engine_path) ->
+  ICudaEngine``, ``read_sidecar``, ``current_gpu()``.
 """
 
+from ..tensorrt import (
+    build_engine,
+    check_engine,
+    current_gpu,
+    deserialize_engine,
+    engine_layer_report,
+    import_tensorrt,
+    read_sidecar,
+    tensorrt_available,
+)
 from .manifest import FORMAT as MANIFEST_FORMAT
 from .manifest import find_artifact, load_manifest
 from .onnx_export import (
@@ -34,16 +44,6 @@ from .onnx_export import (
 )
 from .parity import THRESHOLDS, ParityInputs, check_parity, compare_logits, fixed_batch, onnx_session
 from .pipeline import ExportOptions, ExportReport, export_checkpoint
-from .tensorrt import (
-    build_engine,
-    check_engine,
-    current_gpu,
-    deserialize_engine,
-    engine_layer_report,
-    import_tensorrt,
-    read_sidecar,
-    tensorrt_available,
-)
 
 __all__ = [
     "DEFAULT_OPSET",

@@ -32,16 +32,14 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import UserError, VerificationError
 from ..fileio import atomic_path, sha256_file
+from ..onnx_file import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, read_metadata, verify_onnx_file  # noqa: F401 - re-exported
 
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 # The lowest opset the torch.export-based exporter implements (it refuses to down-convert Pad to 17),
 # and one TensorRT 10 / TensorRT-RTX and ONNX Runtime >= 1.14 all read.
 DEFAULT_OPSET = 18
@@ -49,7 +47,6 @@ MIN_OPSET = 18
 MAX_OPSET = 23
 PRECISIONS = ("fp32", "fp16", "int8")
 INT8_SCHEMES = ("tensorrt", "cpu")
-METADATA_PREFIX = "resnet_deploy."
 # Ops that only make sense while training, or that a folded inference graph must not contain.
 TRAINING_ONLY_OPS = frozenset({"BatchNormalization", "Dropout", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"})
 # Example batch used to trace: 2, because torch.export specialises a dimension of size 1.
@@ -338,33 +335,6 @@ def _default_opset(model_proto) -> int:
 # --------------------------------------------------------------------------------------------- checks
 
 
-def verify_onnx_file(path: str | os.PathLike, expected_input: str = INPUT_NAME, expected_output: str = OUTPUT_NAME):
-    """Load an ONNX file and check it: ``onnx.checker`` full check (strict shape inference included),
-    one input and one output with the expected names. Returns the ModelProto; UserError if bad."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"ONNX file not found: {path}")
-    try:
-        model_proto = onnx.load(str(path))
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise UserError(f"{path} is not a readable ONNX file (corrupt or truncated): {str(exc).splitlines()[0]}") from exc
-    if not model_proto.graph.node:
-        raise UserError(f"{path} is not a usable ONNX model: its graph has no nodes (corrupt or not ONNX)")
-    try:
-        onnx.checker.check_model(model_proto, full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise UserError(f"{path} fails the ONNX checker: {str(exc).strip().splitlines()[0]}") from exc
-    inputs = [i.name for i in model_proto.graph.input if i.name not in {t.name for t in model_proto.graph.initializer}]
-    outputs = [o.name for o in model_proto.graph.output]
-    if inputs != [expected_input] or outputs != [expected_output]:
-        raise UserError(
-            f"{path} has inputs {inputs} and outputs {outputs}; expected ['{expected_input}'] and ['{expected_output}']"
-        )
-    return model_proto
-
-
 def graph_problems(model_proto, precision: str) -> list[str]:
     """What is wrong with an exported inference graph (empty when it is fine)."""
     problems = []
@@ -379,17 +349,3 @@ def graph_problems(model_proto, precision: str) -> list[str]:
     if precision == "int8" and not (ops.get("QuantizeLinear") and ops.get("DequantizeLinear")):
         problems.append("int8 graph has no QuantizeLinear/DequantizeLinear pairs")
     return problems
-
-
-def read_metadata(model_proto) -> dict[str, Any]:
-    """The resnet-deploy metadata props of a model, JSON values decoded."""
-    out: dict[str, Any] = {}
-    for entry in model_proto.metadata_props:
-        if not entry.key.startswith(METADATA_PREFIX):
-            continue
-        key = entry.key.removeprefix(METADATA_PREFIX)
-        try:
-            out[key] = json.loads(entry.value) if key in ("normalization_mean", "normalization_std", "classes", "model_spec") else entry.value
-        except json.JSONDecodeError:
-            out[key] = entry.value
-    return out

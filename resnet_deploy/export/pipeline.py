@@ -9,6 +9,7 @@ numbers that failed can be read; the call then raises VerificationError naming e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from ..fileio import ensure_writable_dir, remove_stale_temporaries
 from . import manifest as manifest_lib
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
 from .parity import FIXED_BATCH_SIZE, ExactQDQReference, ParityInputs, check_parity, describe_failure, fixed_batch
-from .tensorrt import build_engine, import_tensorrt, parse_compute_capability, sidecar_path
+from ..tensorrt import BatchRange, build_engine, parse_compute_capability, runtime, sidecar_path
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -77,8 +78,8 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     check_opset(options.opset)
     if options.static_batch is not None and options.static_batch < 1:
         raise UserError(f"--static-batch must be >= 1, got {options.static_batch}")
-    if options.compute_capability:
-        options.compute_capability = parse_compute_capability(options.compute_capability)
+    if options.compute_capability:  # parsed once, here; the caller's options are left as they were
+        options = dataclasses.replace(options, compute_capability=parse_compute_capability(options.compute_capability))
     loaded = load_checkpoint(options.checkpoint)
     spec = loaded.spec.to_dict()
     name = options.name or default_run_name(Path(options.checkpoint), loaded.spec.name)
@@ -267,22 +268,17 @@ def _register_quantized_ops() -> None:
 
 def _plan_tensorrt(options: ExportOptions) -> dict:
     """Whether to build engines, and if not why. Explicit --tensorrt turns every obstacle into an error."""
-    from .tensorrt import current_gpu
-
     if options.tensorrt is False:
         return {"build": False, "reason": "--no-tensorrt"}
     try:
-        trt, flavour, version = import_tensorrt()
+        _, flavour, version = runtime.import_tensorrt()
     except UserError as exc:
         if options.tensorrt:
             raise
         return {"build": False, "reason": str(exc).replace("\n ", ";")}
-    from .tensorrt import _check_batches  # same validation the builder applies
-
-    if options.static_batch is not None:
-        options.min_batch = options.opt_batch = options.max_batch = options.static_batch
-    _check_batches(options.min_batch, options.opt_batch, options.max_batch)
-    if current_gpu() is None and not options.compute_capability:
+    engine_batches(options)  # a bad batch range is refused before any ONNX is exported
+    gpu = runtime.current_gpu()
+    if gpu is None and not options.compute_capability:
         reason = (
             f"no CUDA GPU here and no --compute-capability given ({flavour} {version} is installed; "
             + ("full TensorRT builds only on the target GPU)" if flavour == "tensorrt" else "name the target GPU, e.g. --compute-capability 8.6)")
@@ -290,13 +286,20 @@ def _plan_tensorrt(options: ExportOptions) -> dict:
         if options.tensorrt:
             raise UserError(reason)
         return {"build": False, "reason": reason}
-    gpu = current_gpu()
     capability = options.compute_capability or gpu["compute_capability"]  # type: ignore[index]
     return {"build": True, "flavour": flavour, "version": version, "compute_capability": capability}
 
 
+def engine_batches(options: ExportOptions) -> BatchRange:
+    """The engines' batch profile: a static-batch export's batch, else --min/--opt/--max-batch (validated)."""
+    if options.static_batch is not None:
+        return BatchRange.fixed(options.static_batch)
+    return BatchRange(options.min_batch, options.opt_batch, options.max_batch)
+
+
 def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, plan: dict,
                    precisions: list[str] | None = None) -> None:
+    batches = engine_batches(options)
     timing_cache = options.timing_cache or Path(options.output_dir) / "tensorrt-timing.cache"
     for artifact in list(manifest["artifacts"]):
         if artifact["kind"] != "onnx":
@@ -323,7 +326,7 @@ def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, pla
             artifact["qdq_lint"] = lint_before_engine_build(onnx_path)
         sidecar = build_engine(
             onnx_path, engine_path, precision=precision,
-            min_batch=options.min_batch, opt_batch=options.opt_batch, max_batch=options.max_batch,
+            min_batch=batches.min, opt_batch=batches.opt, max_batch=batches.max,
             workspace_mb=options.workspace_mb, opt_level=options.opt_level, timing_cache=timing_cache,
             compute_capability=plan["compute_capability"],
         )
@@ -371,15 +374,14 @@ def build_engines_for_export(
     if unchecked:  # an engine is built only from an ONNX file whose parity check passed
         raise UserError(f"{export_dir / manifest_lib.MANIFEST_NAME}: {', '.join(unchecked)} has no parity record",
                         hint="export again with resnet-deploy export, which checks parity and records it")
+    static = {a.get("static_batch") for a in manifest["artifacts"] if a["kind"] == "onnx" and not a["dynamic_batch"]}
     options = ExportOptions(
         checkpoint=Path(manifest["checkpoint"]["path"]), output_dir=export_dir.parent, tensorrt=True,
+        static_batch=static.pop() if len(static) == 1 else None,
         min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace_mb, opt_level=opt_level,
         compute_capability=parse_compute_capability(compute_capability) if compute_capability else None,
         timing_cache=Path(timing_cache) if timing_cache else None,
     )
-    static = {a.get("static_batch") for a in manifest["artifacts"] if a["kind"] == "onnx" and not a["dynamic_batch"]}
-    if len(static) == 1:
-        options.static_batch = static.pop()
     plan = _plan_tensorrt(options)
     manifest["skipped"] = [s for s in manifest.get("skipped", []) if s["kind"] != "tensorrt"]
     _build_engines(options, manifest, export_dir, plan, precisions)

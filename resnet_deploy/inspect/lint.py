@@ -249,9 +249,9 @@ def lint_before_engine_build(onnx_path: str | os.PathLike) -> dict:
 
 def builder_layer_report(onnx_path: str | os.PathLike, compute_capability: str | None) -> dict:
     """Build an int8 engine from ``onnx_path`` in a temporary folder and return TensorRT's layer report
-    (``export.tensorrt``'s: the parsed network, plus the engine inspector's view on a GPU), or
+    (``resnet_deploy.tensorrt``'s: the parsed network, plus the engine inspector's view on a GPU), or
     ``{"parsed": False, "error": ...}`` when TensorRT refuses the graph."""
-    from ..export import tensorrt as trt_lib
+    from .. import tensorrt as trt_lib
     from ..fileio import read_json
 
     with tempfile.TemporaryDirectory(prefix="resnet-deploy-lint-") as tmp:
@@ -301,14 +301,14 @@ def lint_report(graph: OnnxGraph, onnx_path: str | os.PathLike, compute_capabili
                 layer_names: dict[str, str] | None = None) -> dict:
     """The lint's rows and summary, checked against TensorRT's builder where one can build here (a GPU,
     or TensorRT-RTX with ``compute_capability``); otherwise the reason it was not."""
-    from ..export.tensorrt import current_gpu, tensorrt_available
+    from ..tensorrt import runtime
 
     rows = lint_graph(graph, layer_names)
     record = {"rows": [row.to_dict() for row in rows], "summary": summarize(rows)}
-    available, what = tensorrt_available()
+    available, what = runtime.tensorrt_available()
     if not available:
         record["builder"] = {"ran": False, "reason": what}
-    elif current_gpu() is None and not compute_capability:
+    elif runtime.current_gpu() is None and not compute_capability:
         record["builder"] = {"ran": False, "reason": f"{what}: no GPU here; pass --compute-capability to build for one"}
     else:
         record["builder"] = {"ran": True, **compare_with_builder(rows, builder_layer_report(onnx_path, compute_capability))}

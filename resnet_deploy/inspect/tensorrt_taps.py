@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..export import tensorrt as trt_lib
+from ..onnx_file import INPUT_NAME, OUTPUT_NAME
+from ..tensorrt import BatchRange, loader, runtime
 from .graph import OnnxGraph
 from .layers import Layer
 from .taps import Observation
@@ -40,10 +41,10 @@ _CUDA_MEMCPY_DEVICE_TO_HOST = 2
 
 def unavailable_reason() -> str | None:
     """Why TensorRT engines cannot run here, or None when they can."""
-    available, what = trt_lib.tensorrt_available()
+    available, what = runtime.tensorrt_available()
     if not available:
         return what
-    if trt_lib.current_gpu() is None:
+    if runtime.current_gpu() is None:
         return (f"{what} is installed and builds engines here (for a named --compute-capability), but an engine runs "
                 "only on a CUDA GPU and none is visible")
     return None
@@ -98,7 +99,8 @@ class TensorRTTaps:
         reason = unavailable_reason()
         if reason:
             raise UserError(f"TensorRT per-layer outputs need a GPU: {reason}")
-        self.trt, _, _ = trt_lib.import_tensorrt()
+        self.trt, flavour, version = runtime.import_tensorrt()
+        self.label = f"{flavour} {version}"
         self.graph, self.layers = graph, layers
         self.engine = self._build(Path(onnx_path), max_batch)
         inspector = self.engine.create_engine_inspector()
@@ -114,23 +116,16 @@ class TensorRTTaps:
         self.cudart = _cudart()
 
     def _build(self, onnx_path: Path, max_batch: int):
+        """The export's loaders with two changes: unfused tensors marked as debug tensors, and the
+        builder's default settings (no workspace cap, no TF32 pin: the fusions are what is observed)."""
         trt = self.trt
-        logger = trt_lib._make_logger(trt)
-        builder = trt.Builder(logger)
-        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-        parser = trt.OnnxParser(network, logger)
-        if not parser.parse_from_file(str(onnx_path)):
-            raise UserError(f"TensorRT rejected {onnx_path.name}: " + " | ".join(str(parser.get_error(i)) for i in range(parser.num_errors)))
-        network.mark_unfused_tensors_as_debug_tensors()
-        config = builder.create_builder_config()
+        logger = runtime.make_logger(trt)
+        parsed = loader.network_from_onnx(trt, logger, onnx_path, self.label)
+        parsed.network.mark_unfused_tensors_as_debug_tensors()
+        config = parsed.builder.create_builder_config()
         config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # the inspector then lists ONNX nodes per layer
-        profile = builder.create_optimization_profile()
-        shape = trt_lib.IMAGE_SHAPE
-        profile.set_shape(trt_lib.INPUT_NAME, (1, *shape), (max_batch, *shape), (max_batch, *shape))
-        config.add_optimization_profile(profile)
-        plan = builder.build_serialized_network(network, config)
-        if plan is None:
-            raise UserError(f"TensorRT could not build a debug engine from {onnx_path.name}: {' | '.join(logger.errors()[:3])}")
+        loader.add_profile(parsed, config, BatchRange(1, max_batch, max_batch))
+        plan = loader.engine_bytes(parsed, config, f"a debug engine from {onnx_path.name}")
         self.runtime = trt.Runtime(logger)  # must outlive the engine
         return self.runtime.deserialize_cuda_engine(plan)
 
@@ -160,10 +155,10 @@ class TensorRTTaps:
     def run(self, batch: torch.Tensor) -> dict[str, Observation]:
         self.collected.clear()
         device_input = batch.to(torch.float32).cuda().contiguous()
-        output_name = trt_lib.OUTPUT_NAME
-        self.context.set_input_shape(trt_lib.INPUT_NAME, tuple(device_input.shape))
+        output_name = OUTPUT_NAME
+        self.context.set_input_shape(INPUT_NAME, tuple(device_input.shape))
         logits = torch.empty(tuple(self.context.get_tensor_shape(output_name)), dtype=torch.float32, device="cuda")
-        self.context.set_tensor_address(trt_lib.INPUT_NAME, device_input.data_ptr())
+        self.context.set_tensor_address(INPUT_NAME, device_input.data_ptr())
         self.context.set_tensor_address(output_name, logits.data_ptr())
         stream = torch.cuda.current_stream()
         self.context.execute_async_v3(stream.cuda_stream)
@@ -184,4 +179,4 @@ class TensorRTTaps:
 
     def logits(self, batch: torch.Tensor) -> np.ndarray:
         self.run(batch)
-        return self.collected[trt_lib.OUTPUT_NAME]
+        return self.collected[OUTPUT_NAME]
