@@ -8,7 +8,6 @@ crowded one (six rows at the same top-1 and nearly the same throughput).
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 from pathlib import Path
