@@ -7,6 +7,7 @@
                                  verification verdict
 ``latency_vs_batch.png``         p50 latency and throughput against batch size, one line per row
 ``accuracy_vs_throughput.png``   top-1 against images/s at the largest common batch size
+                                 (both plots: ``plots.py``)
 
 Results schema (``format`` "resnet-deploy/bench", ``version`` 1; docs/results-schema.md explains each
 field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
@@ -43,7 +44,9 @@ from pathlib import Path
 from typing import Any
 
 from .backends.base import BACKENDS, PRECISIONS
-from .fileio import atomic_path, atomic_write_text, write_json
+from .fileio import atomic_write_text, write_json
+from .plots import ok_entries as _ok_entries
+from .plots import plot_accuracy_vs_throughput, plot_latency
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _STRING_OR_NULL = {"type": ["string", "null"]}
@@ -268,10 +271,6 @@ def _fmt(value, spec: str = ".2f", empty: str = "–") -> str:
         return format(value, spec)
     except (TypeError, ValueError):
         return str(value)
-
-
-def _ok_entries(row: dict) -> dict[int, dict]:
-    return {e["batch_size"]: e for e in row.get("latency", []) if e["status"] == "ok"}
 
 
 def _batch_sizes(results: dict) -> list[int]:
@@ -524,116 +523,6 @@ def _int8_scheme_note(rows: list[dict]) -> list[str]:
         "signed activations leave that fast path, so the CPU deployment uses the U8S8 file and the S8S8 file is for TensorRT.",
         "",
     ]
-
-
-# ============================================================================================ plots
-
-
-def plot_latency(results: dict, path: str | os.PathLike) -> None:
-    """p50 latency (with p90 as the upper whisker) and throughput against batch size, per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_latency, ax_throughput) = plt.subplots(1, 2, figsize=(12, 4.8))
-    plotted = 0
-    for row in results["rows"]:
-        entries = sorted(_ok_entries(row).values(), key=lambda e: e["batch_size"])
-        if not entries:
-            continue
-        sizes = [e["batch_size"] for e in entries]
-        p50 = [e["p50_ms"] for e in entries]
-        upper = [max(0.0, e["p90_ms"] - e["p50_ms"]) for e in entries]
-        lower = [max(0.0, e["p50_ms"] - e["min_ms"]) for e in entries]
-        ax_latency.errorbar(sizes, p50, yerr=[lower, upper], marker="o", capsize=3, label=row["name"])
-        ax_throughput.plot(sizes, [e["images_per_sec"] for e in entries], marker="o", label=row["name"])
-        plotted += 1
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    sizes = _batch_sizes(results)
-    plain = FuncFormatter(lambda value, _pos: f"{value:g}")
-    sparse = FuncFormatter(lambda value, _pos: f"{value:g}" if value > 0 and f"{value:e}"[0] in "25" else "")
-    for axis, label in ((ax_latency, "latency per batch, ms (p50; whiskers min..p90)"), (ax_throughput, "throughput, images/s")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        if sizes:
-            axis.set_xticks(sizes)
-        axis.xaxis.set_major_formatter(plain)
-        axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.yaxis.set_major_formatter(plain)
-        low, high = axis.get_ylim()
-        # Over a decade or more, labelling every minor tick prints 6 7 8 9 over each other; within one
-        # decade the minor ticks may be the only ones, so they all keep their labels.
-        axis.yaxis.set_minor_formatter(sparse if low > 0 and high / low >= 10 else plain)
-        axis.set_xlabel("batch size")
-        axis.set_ylabel(label)
-        axis.grid(True, which="both", alpha=0.3)
-    if plotted:
-        ax_throughput.legend(fontsize=8)
-    else:
-        ax_latency.text(0.5, 0.5, "no latency measured", ha="center", transform=ax_latency.transAxes)
-    hw = results["hardware"]
-    device = ", ".join(g["name"] for g in hw.get("gpus", [])) or f"{hw['cpu_model']} ({hw['physical_cores']} cores)"
-    on_gpu = any(row.get("device", "cpu") != "cpu" for row in results["rows"])
-    copies = ("; host-device copies " + ("included" if results["settings"].get("include_copies", True) else "excluded")) if on_gpu else ""
-    fig.suptitle(f"{results['run_name']}: {results['model']['spec'].get('name')} on {device}{copies}", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def plot_accuracy_vs_throughput(results: dict, path: str | os.PathLike) -> None:
-    """Top-1 against images/s at the largest batch size the baseline measured (each row's largest
-    measured batch up to it when the row could not run that one)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    baseline = next((r for r in results["rows"] if r["name"] == results["baseline"]), None)
-    reference = max(_ok_entries(baseline)) if baseline and _ok_entries(baseline) else None
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    points = []
-    for row in results["rows"]:
-        entries = _ok_entries(row)
-        if not row.get("accuracy") or not entries:
-            continue
-        candidates = [b for b in entries if reference is None or b <= reference] or list(entries)
-        size = max(candidates)
-        label = row["name"] + ("" if size == reference else f" (bs {size})")
-        points.append((entries[size]["images_per_sec"], row["accuracy"]["top1"], row["precision"], label))
-    points.sort()
-    for index, (x, y, precision, label) in enumerate(points):
-        marker = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}.get(precision, "o")
-        ax.scatter([x], [y], marker=marker, s=60)
-        # Rows often sit at the same accuracy: labels cycle through three heights, and those in the
-        # right half are written leftwards, so that neighbours do not print over each other or the frame.
-        right_half = index >= len(points) / 2
-        ax.annotate(label, (x, y), textcoords="offset points", xytext=(-6 if right_half else 6, (7, -12, 20)[index % 3]),
-                    ha="right" if right_half else "left", fontsize=8)
-    if baseline and baseline.get("accuracy"):
-        top1 = baseline["accuracy"]["top1"]
-        drop = (results.get("verification") or {}).get("thresholds", {}).get("int8_max_top1_drop", 0.5)
-        ax.axhline(top1, color="grey", linestyle="--", linewidth=1, label=f"FP32 PyTorch top-1 {top1:.2f}%")
-        ax.axhline(top1 - drop, color="red", linestyle=":", linewidth=1, label=f"int8 gate (-{drop} pts)")
-        ax.legend(fontsize=8, loc="lower right")
-    from matplotlib.ticker import FuncFormatter
-
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:,.0f}"))
-    ax.set_xlabel(f"throughput, images/s (batch {reference})" if reference else "throughput, images/s")
-    ax.set_ylabel("top-1 accuracy, %")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(f"{results['run_name']}: accuracy vs throughput", fontsize=10)
-    fig.tight_layout()
-    _save_figure(fig, path)
-    plt.close(fig)
-
-
-def _save_figure(fig, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
 
 
 # ============================================================================================ writing
