@@ -12,6 +12,7 @@ to disk), refusing absolute paths, ``..``, links, device files and oversized con
 from __future__ import annotations
 
 import io
+import logging
 import lzma
 import os
 import pickle
@@ -28,6 +29,8 @@ import numpy as np
 from . import progress
 from .errors import UserError
 from .fileio import atomic_path, file_fingerprint, sha256_bytes
+
+log = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -320,7 +323,7 @@ def _cached(name: str, source: Path, decode, cache_dir) -> ImageDataset:
                     source=str(source),
                 )
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, UserError):
-            progress.info(f"cache file {cache_file} is unreadable; decoding again")
+            log.info(f"cache file {cache_file} is unreadable; decoding again")
     dataset = decode()
     dataset.source = str(source)
     try:
@@ -335,7 +338,7 @@ def _cached(name: str, source: Path, decode, cache_dir) -> ImageDataset:
                     test_labels=dataset.test_labels,
                 )
     except OSError as exc:  # a read-only cache costs time, not correctness
-        progress.info(f"could not write dataset cache {cache_file}: {exc}")
+        log.info(f"could not write dataset cache {cache_file}: {exc}")
     return dataset
 
 
