@@ -7,6 +7,7 @@
                                  verification verdict
 ``latency_vs_batch.png``         p50 latency and throughput against batch size, one line per row
 ``accuracy_vs_throughput.png``   top-1 against images/s at the largest common batch size
+                                 (the two plots: with matplotlib, extra ``[plots]``)
 
 Results schema (``format`` "resnet-deploy/bench", ``version`` 1; docs/results-schema.md explains each
 field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
@@ -38,12 +39,16 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .backends.base import BACKENDS, PRECISIONS
 from .fileio import atomic_path, atomic_write_text, write_json
+from .optional import PLOTS_INSTALL, has_matplotlib, import_pyplot
+
+log = logging.getLogger(__name__)
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _STRING_OR_NULL = {"type": ["string", "null"]}
@@ -306,8 +311,9 @@ def _describe_settings(row: dict) -> str:
     return ", ".join(parts) or "–"
 
 
-def render_markdown(results: dict) -> str:
-    """The human report: what was measured, on what, and whether it passed."""
+def render_markdown(results: dict, plots: bool = True) -> str:
+    """The human report: what was measured, on what, and whether it passed (``plots``: with the two
+    plots write_report draws beside it)."""
     hw, sw = results["hardware"], results["software"]
     settings = results["settings"]
     baseline = results["baseline"]
@@ -458,7 +464,8 @@ def render_markdown(results: dict) -> str:
             lines.append(f"**FAILED** ({len(verification['failures'])}):")
             lines += [f"- {failure['message']}" for failure in verification["failures"]]
     lines.append("")
-    lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
+    if plots:
+        lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
     return "\n".join(lines)
 
 
@@ -531,10 +538,7 @@ def _int8_scheme_note(rows: list[dict]) -> list[str]:
 
 def plot_latency(results: dict, path: str | os.PathLike) -> None:
     """p50 latency (with p90 as the upper whisker) and throughput against batch size, per row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("the benchmark report's plots")
 
     fig, (ax_latency, ax_throughput) = plt.subplots(1, 2, figsize=(12, 4.8))
     plotted = 0
@@ -586,10 +590,7 @@ def plot_latency(results: dict, path: str | os.PathLike) -> None:
 def plot_accuracy_vs_throughput(results: dict, path: str | os.PathLike) -> None:
     """Top-1 against images/s at the largest batch size the baseline measured (each row's largest
     measured batch up to it when the row could not run that one)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("the benchmark report's plots")
 
     baseline = next((r for r in results["rows"] if r["name"] == results["baseline"]), None)
     reference = max(_ok_entries(baseline)) if baseline and _ok_entries(baseline) else None
@@ -640,7 +641,8 @@ def _save_figure(fig, path: str | os.PathLike) -> None:
 
 
 def write_report(results: dict, directory: str | os.PathLike) -> dict[str, Path]:
-    """Validate and write results.json, report.md and both plots into ``directory``."""
+    """Validate and write results.json, report.md and both plots into ``directory`` (without
+    matplotlib: no plots, a warning says so, and the returned paths name none)."""
     validate_results(results)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -650,8 +652,13 @@ def write_report(results: dict, directory: str | os.PathLike) -> dict[str, Path]
         "latency_plot": directory / "latency_vs_batch.png",
         "accuracy_plot": directory / "accuracy_vs_throughput.png",
     }
+    plots = has_matplotlib()
     write_json(paths["results"], results)
-    atomic_write_text(paths["markdown"], render_markdown(results))
+    atomic_write_text(paths["markdown"], render_markdown(results, plots=plots))
+    if not plots:  # the measurements are worth keeping without their pictures
+        log.warning(f"the report's plots were not drawn: matplotlib is not installed ({PLOTS_INSTALL})")
+        del paths["latency_plot"], paths["accuracy_plot"]
+        return paths
     plot_latency(results, paths["latency_plot"])
     plot_accuracy_vs_throughput(results, paths["accuracy_plot"])
     return paths
