@@ -14,7 +14,7 @@ Nothing is guessed silently: the depth comes from the blocks in the file, the da
 classifier's width, and a file that fits no resnet-deploy model is refused, naming the keys or
 shapes that do not fit.
 
-torch is imported inside the functions, as in ``data.py``: the CLI reads ``FORMAT_CHOICES`` at start-up
+torch is imported inside the functions, as in ``data/``: the CLI reads ``FORMAT_CHOICES`` at start-up
 and every command's ``--help`` would otherwise wait for torch to load.
 """
 

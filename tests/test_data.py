@@ -130,7 +130,7 @@ def test_status_lines_are_log_messages_a_caller_can_capture_or_silence(tmp_path,
     cache_file.write_bytes(b"not an npz")
     with caplog.at_level(logging.INFO, logger="resnet_deploy"):
         load_dataset("cifar10", tmp_path / "raw", cache_dir=tmp_path / "cache")
-    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("resnet_deploy.data", logging.INFO, unreadable)]
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("resnet_deploy.data.cache", logging.INFO, unreadable)]
 
     caplog.clear()
     cache_file.write_bytes(b"not an npz")
