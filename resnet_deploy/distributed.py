@@ -40,9 +40,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import inspect
+import logging
 import os
 import signal
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -50,10 +50,11 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from . import progress
 from .errors import UserError
 from .loop import resolve_device
 from .train_config import TrainConfig
+
+log = logging.getLogger(__name__)
 
 FAULT_ENV = "RESNET_DEPLOY_FAULT"
 TIMEOUT_ENV = "RESNET_DEPLOY_DIST_TIMEOUT_S"
@@ -120,7 +121,7 @@ class ProcessGroupContext(DistributedContext):
         if sync_bn:
             if not any(isinstance(m, _BATCH_NORMS) for m in model.modules()):
                 # e.g. a torch.export / PT2E QAT graph, where BatchNorm is an op, not a module
-                progress.info("--sync-bn: the model has no BatchNorm modules to synchronise; BN statistics stay per rank")
+                log.info("--sync-bn: the model has no BatchNorm modules to synchronise; BN statistics stay per rank")
             convert_sync_batchnorm(model, device)
         # With synchronised BN the running statistics are already equal on every rank. Without it
         # each rank's differ; broadcasting rank 0's before each forward keeps every rank holding the
@@ -382,11 +383,11 @@ def fault_hook_from_environment(rank: int, restart_count: int) -> Callable[[int,
 
     def inject(current_epoch: int, current_step: int) -> None:
         if (current_epoch, current_step) == (epoch, step):
-            print(
+            # A warning, not a status line: every rank but 0 runs quiet, and the rank that kills itself
+            # must still say so.
+            log.warning(
                 f"fault injection: rank {rank} sends itself {signum.name} after epoch {epoch} step {step} "
-                f"(torchrun attempt {restart_count})",
-                file=sys.stderr,
-                flush=True,
+                f"(torchrun attempt {restart_count})"
             )
             os.kill(os.getpid(), signum)
 

@@ -14,22 +14,24 @@ Nothing is guessed silently: the depth comes from the blocks in the file, the da
 classifier's width, and a file that fits no resnet-deploy model is refused, naming the keys or
 shapes that do not fit.
 
-torch is imported inside the functions, as in ``data.py``: the CLI reads ``FORMAT_CHOICES`` at start-up
+torch is imported inside the functions, as in ``data/``: the CLI reads ``FORMAT_CHOICES`` at start-up
 and every command's ``--help`` would otherwise wait for torch to load.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from . import progress
 from .data import CIFAR10_CLASSES, Normalization
 from .errors import UserError
 from .fileio import sha256_file, torch_load_safe
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -378,7 +380,7 @@ def import_checkpoint(
         raise UserError(f"-o {output} is the source file: importing writes a new checkpoint, choose another path")
     state, beside = _state_dict_in(torch_load_safe(source_path, "source checkpoint"), source_path)
     source, chosen_by = _choose_format(state, source_format.lower(), source_path)
-    progress.info(f"format {source.name} ({source.project}), chosen by {chosen_by}")
+    log.info(f"format {source.name} ({source.project}), chosen by {chosen_by}")
     blocks, bottleneck = _architecture(state)
     name = _model_name(blocks, bottleneck, source_path)
     _check_requested_model(name, model, blocks, bottleneck, source_path)

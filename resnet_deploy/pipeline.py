@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import progress
 from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file, write_json
 from .quantize_choices import TARGETS
 from .validation import is_text
 from .zoo import pretrained_name, read_registry
+
+log = logging.getLogger(__name__)
 
 STATE_FORMAT = "resnet-deploy/pipeline"
 QUANTIZATION_CHOICES = ("ptq", "qat", "both", "none")
@@ -163,7 +165,7 @@ class _State:
             try:
                 self.previous = _read_state(path)
             except UserError as exc:
-                progress.info(f"pipeline state {path} is unreadable ({exc}); redoing every stage")
+                log.info(f"pipeline state {path} is unreadable ({exc}); redoing every stage")
         self.records: list[StageRecord] = []
 
     def is_current(self, name: str, inputs_hash: str) -> bool:
@@ -245,9 +247,9 @@ def _run_stage(
     """
     inputs_hash = _hash(inputs)
     if state.is_current(name, inputs_hash):
-        progress.info(f"[{name}] current (inputs unchanged, outputs verified): skipping; --force redoes it")
+        log.info(f"[{name}] current (inputs unchanged, outputs verified): skipping; --force redoes it")
         return state.add(StageRecord(name, "current", "inputs and outputs unchanged since the last run", inputs_hash, state.previous_outputs(name)))
-    progress.info(f"[{name}] running")
+    log.info(f"[{name}] running")
     state.add(StageRecord(name, "running", None, inputs_hash))
     started = time.perf_counter()
     try:
@@ -256,16 +258,16 @@ def _run_stage(
         reason = " ".join(line.strip() for line in str(exc).splitlines()) or type(exc).__name__
         state.add(StageRecord(name, "failed", reason, inputs_hash, {}, round(time.perf_counter() - started, 1)))
         if isinstance(exc, keep_going_on):
-            progress.info(f"[{name}] failed: {reason}; continuing so the report shows it")
+            log.info(f"[{name}] failed: {reason}; continuing so the report shows it")
             return state.records[-1]
         raise
     record = StageRecord(name, "done", None, inputs_hash, _outputs(*produced), round(time.perf_counter() - started, 1))
-    progress.info(f"[{name}] done in {record.seconds:.0f} s")
+    log.info(f"[{name}] done in {record.seconds:.0f} s")
     return state.add(record)
 
 
 def _skip(state: _State, name: str, reason: str) -> StageRecord:
-    progress.info(f"[{name}] skipped: {reason}")
+    log.info(f"[{name}] skipped: {reason}")
     return state.add(StageRecord(name, "skipped", reason))
 
 

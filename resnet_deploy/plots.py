@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 
 from .fileio import atomic_path
+from .optional import import_pyplot
 
 MARKERS = {"fp32": "o", "fp16": "s", "bf16": "D", "int8": "^"}
 LEGEND_COLUMNS = 3
@@ -30,12 +31,7 @@ DEFAULT_INT8_DROP = 0.5  # Thresholds().int8_max_top1_drop, for results written 
 
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return import_pyplot("the benchmark report's plots")
 
 
 def ok_entries(row: dict) -> dict[int, dict]:

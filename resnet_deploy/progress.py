@@ -1,14 +1,14 @@
 """Progress display shared by every stage: rich bars on a terminal, quiet when disabled.
 
 Long work (decoding, training, calibration, benchmarks) reports through here so that ``--quiet`` and
-non-rank-0 processes turn every bar off in one place.
+non-rank-0 processes turn every bar off in one place. Status lines are not here: each module logs them
+with ``logging`` (the CLI's handler shows them, see ``cli/logs.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
@@ -29,12 +29,6 @@ def console():
     from rich.console import Console
 
     return Console(stderr=True, quiet=not _enabled)
-
-
-def info(message: str) -> None:
-    """A status line on stderr (stdout is kept for results a user may pipe)."""
-    if _enabled:
-        print(message, file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

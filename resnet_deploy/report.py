@@ -7,7 +7,7 @@
                                  verification verdict
 ``latency_vs_batch.png``         p50 latency and throughput against batch size, one line per row
 ``accuracy_vs_throughput.png``   top-1 against images/s at the largest common batch size
-                                 (both plots: ``plots.py``)
+                                 (both plots: ``plots.py``, with matplotlib, extra ``[plots]``)
 
 Results schema (``format`` "resnet-deploy/bench", ``version`` 1; docs/results-schema.md explains each
 field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
@@ -39,14 +39,18 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from .backends.base import BACKENDS, PRECISIONS
 from .fileio import atomic_write_text, write_json
+from .optional import PLOTS_INSTALL, has_matplotlib
 from .plots import ok_entries as _ok_entries
 from .plots import plot_accuracy_vs_throughput, plot_latency
+
+log = logging.getLogger(__name__)
 
 _NUMBER_OR_NULL = {"type": ["number", "null"]}
 _STRING_OR_NULL = {"type": ["string", "null"]}
@@ -305,8 +309,9 @@ def _describe_settings(row: dict) -> str:
     return ", ".join(parts) or "–"
 
 
-def render_markdown(results: dict) -> str:
-    """The human report: what was measured, on what, and whether it passed."""
+def render_markdown(results: dict, plots: bool = True) -> str:
+    """The human report: what was measured, on what, and whether it passed (``plots``: with the two
+    plots write_report draws beside it)."""
     hw, sw = results["hardware"], results["software"]
     settings = results["settings"]
     baseline = results["baseline"]
@@ -457,7 +462,8 @@ def render_markdown(results: dict) -> str:
             lines.append(f"**FAILED** ({len(verification['failures'])}):")
             lines += [f"- {failure['message']}" for failure in verification["failures"]]
     lines.append("")
-    lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
+    if plots:
+        lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
     return "\n".join(lines)
 
 
@@ -529,7 +535,8 @@ def _int8_scheme_note(rows: list[dict]) -> list[str]:
 
 
 def write_report(results: dict, directory: str | os.PathLike) -> dict[str, Path]:
-    """Validate and write results.json, report.md and both plots into ``directory``."""
+    """Validate and write results.json, report.md and both plots into ``directory`` (without
+    matplotlib: no plots, a warning says so, and the returned paths name none)."""
     validate_results(results)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -539,8 +546,13 @@ def write_report(results: dict, directory: str | os.PathLike) -> dict[str, Path]
         "latency_plot": directory / "latency_vs_batch.png",
         "accuracy_plot": directory / "accuracy_vs_throughput.png",
     }
+    plots = has_matplotlib()
     write_json(paths["results"], results)
-    atomic_write_text(paths["markdown"], render_markdown(results))
+    atomic_write_text(paths["markdown"], render_markdown(results, plots=plots))
+    if not plots:  # the measurements are worth keeping without their pictures
+        log.warning(f"the report's plots were not drawn: matplotlib is not installed ({PLOTS_INSTALL})")
+        del paths["latency_plot"], paths["accuracy_plot"]
+        return paths
     plot_latency(results, paths["latency_plot"])
     plot_accuracy_vs_throughput(results, paths["accuracy_plot"])
     return paths

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,6 @@ from typing import Callable
 
 import torch
 
-from . import progress
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import ImageDataset, Normalization, to_tensor_images
 from .distributed import DistributedContext
@@ -46,6 +46,8 @@ from .loop import (  # noqa: F401 (batch_seed, epoch_permutation, resolve_device
 from .models import ModelSpec, build_model, normalize_spec
 from .signals import StopRequest
 from .train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, PRECISIONS, SCHEDULES, TrainConfig  # noqa: F401 (re-exported: callers import them from here)
+
+log = logging.getLogger(__name__)
 
 _OUTPUT_FILES = ("last.pt", "best.pt", "metrics.jsonl", "metrics.csv", "config.json")
 _RESUME_KEYS = ("train_config", "optimizer", "scheduler", "epoch", "dataset")
@@ -319,7 +321,7 @@ def _decide_speed_settings(config: TrainConfig, dataset: ImageDataset, device: t
     steps = _steps_per_epoch(config.batch_size, dist.world_size, len(dataset.train_images))
     speed = resolve_speed_settings(config, device, config.epochs * steps)
     if dist.is_main:
-        progress.info(speed.describe())
+        log.info(speed.describe())
     return speed.apply(config)
 
 
@@ -342,7 +344,7 @@ def _start_run(
     if state is not None:
         optimization.restore(state)
         best_accuracy = state.get("best_accuracy", 0.0)
-        progress.info(f"resuming {last_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
+        log.info(f"resuming {last_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
     train_images = to_tensor_images(dataset.train_images, device)
     train_labels = torch.from_numpy(dataset.train_labels).to(device)
     batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, norm, device, config.channels_last, dist.rank, dist.world_size)
@@ -446,7 +448,7 @@ def _end_epoch(run: _Run, epoch: int) -> dict:
             save_checkpoint(run.best_path, run.payload(epoch + 1, 0))
         _write_metrics(run.output_dir, run.state.history)
         save_checkpoint(run.last_path, run.payload(epoch + 1, 0))
-        progress.info(
+        log.info(
             f"epoch {epoch + 1}: train loss {metrics['train_loss']:.3f}, test top-1 {metrics['test_top1']:.2f}% "
             f"(best {run.best_accuracy:.2f}%), {metrics['train_images_per_sec']:.0f} img/s"
         )
@@ -469,7 +471,7 @@ def _read_last_checkpoint(last_path: Path, resume: bool, dist: DistributedContex
     if problem is not None:
         raise UserError(problem[0], hint=problem[1])
     if resume and state is None:
-        progress.info(f"--resume: no checkpoint at {last_path}, starting fresh")
+        log.info(f"--resume: no checkpoint at {last_path}, starting fresh")
     return state
 
 
@@ -494,7 +496,7 @@ def _resumed_config(state: dict, config: TrainConfig, dataset: ImageDataset, las
     saved.epochs = config.epochs  # the one option a resumed run may change (to extend it)
     saved.device = config.device
     if saved.sync_bn != config.sync_bn:  # how to run, like --device: this launch's flag decides
-        progress.info(f"--sync-bn is {'on' if config.sync_bn else 'off'} for this launch (the checkpoint's run had it {'on' if saved.sync_bn else 'off'})")
+        log.info(f"--sync-bn is {'on' if config.sync_bn else 'off'} for this launch (the checkpoint's run had it {'on' if saved.sync_bn else 'off'})")
     saved.sync_bn = config.sync_bn
     return saved
 

@@ -305,9 +305,12 @@ def _row(name: str, status: str = "ok", reason: str | None = None) -> dict:
             "settings": {}, "accuracy": None, "latency": []}  # fmt: skip
 
 
-def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(small, capsys, monkeypatch):
-    """Skipped rows: one line (names grouped by reason) in the run's console output, report.md and
-    the CLI's summary, none in the tables; results keep every skipped row; failed rows stay listed."""
+def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(small, capsys, caplog, monkeypatch):
+    """Skipped rows: one line (names grouped by reason) in the run's status lines (logging, which the
+    CLI prints), report.md and the CLI's summary, none in the tables; results keep every skipped row;
+    failed rows stay listed."""
+    import logging
+
     from resnet_deploy import progress
     from resnet_deploy.cli.bench_commands import _print_summary
 
@@ -320,8 +323,10 @@ def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(sm
         SkippedRunner("tensorrt", "tensorrt", "int8", "cuda:0", "no export directory given"),
         FakeRunner(name="broken", nan=True),
     ]
-    measured = run_benchmark(runners, small.test_images, small.test_labels, small.normalization, BenchSettings(batch_sizes=[1], **FAST))
-    console = capsys.readouterr().err.splitlines()
+    with caplog.at_level(logging.INFO, logger="resnet_deploy"):
+        measured = run_benchmark(runners, small.test_images, small.test_labels, small.normalization, BenchSettings(batch_sizes=[1], **FAST))
+    console = [record.getMessage() for record in caplog.records]
+    capsys.readouterr()  # the progress bars: not what the summary below is checked on
     assert [r["name"] for r in measured["rows"] if r["status"] == "skipped"] == ["pytorch-fp16", "pytorch-bf16", "tensorrt"]
     expected = f"3 rows cannot run here: pytorch-fp16, pytorch-bf16 ({gpu}); tensorrt (no export directory given)"
     assert [line for line in console if "pytorch-fp16" in line or "tensorrt" in line] == [expected]

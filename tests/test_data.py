@@ -98,6 +98,55 @@ def test_cache_is_reused(tmp_path, monkeypatch):
     np.testing.assert_array_equal(first.train_images, again.train_images)
 
 
+@pytest.fixture
+def logging_state(monkeypatch):
+    """The process-wide state -q/-v change (progress flag, logger levels, root handlers), put back."""
+    import logging
+
+    from resnet_deploy import progress
+
+    monkeypatch.setattr(progress, "_enabled", progress.enabled())
+    root, project = logging.getLogger(), logging.getLogger("resnet_deploy")
+    saved = root.level, list(root.handlers), project.level
+    yield
+    root.setLevel(saved[0])
+    root.handlers[:] = saved[1]
+    project.setLevel(saved[2])
+
+
+def test_status_lines_are_log_messages_a_caller_can_capture_or_silence(tmp_path, caplog, logging_state):
+    """The library's status lines go through logging (not print); the CLI shows them, and -q silences them."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from resnet_deploy.cli import main
+
+    write_cifar10(tmp_path / "raw")
+    load_dataset("cifar10", tmp_path / "raw", cache_dir=tmp_path / "cache")
+    (cache_file,) = (tmp_path / "cache").glob("*.npz")
+    unreadable = f"cache file {cache_file} is unreadable; decoding again"
+
+    cache_file.write_bytes(b"not an npz")
+    with caplog.at_level(logging.INFO, logger="resnet_deploy"):
+        load_dataset("cifar10", tmp_path / "raw", cache_dir=tmp_path / "cache")
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("resnet_deploy.data.cache", logging.INFO, unreadable)]
+
+    caplog.clear()
+    cache_file.write_bytes(b"not an npz")
+    with caplog.at_level(logging.WARNING, logger="resnet_deploy"):  # a caller silencing the package
+        load_dataset("cifar10", tmp_path / "raw", cache_dir=tmp_path / "cache")
+    assert caplog.records == []
+
+    command = ["data", "--data-dir", str(tmp_path / "raw"), "--cache-dir", str(tmp_path / "cache")]
+    for flag, shown in (("-v", True), ("-q", False)):
+        cache_file.write_bytes(b"not an npz")
+        result = CliRunner().invoke(main, [*command, flag])
+        assert result.exit_code == 0, result.output
+        assert (unreadable in result.stderr) is shown, result.stderr
+        assert '"classes"' in result.stdout and unreadable not in result.stdout  # stdout stays the result
+
+
 def test_cifar_pickle_with_code_is_refused(tmp_path):
     write_cifar10(tmp_path)
 

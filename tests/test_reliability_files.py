@@ -378,9 +378,10 @@ def test_archive_size_limit_from_environment(tmp_path, monkeypatch):
     assert result.returncode == 2 and "exceed the size limit" in result.stderr, result.stderr
     assert "RESNET_DEPLOY_MAX_ARCHIVE_BYTES" in result.stderr
     monkeypatch.delenv(data_module.MAX_ARCHIVE_BYTES_ENV, raising=False)  # in-process: the default limit, patched
-    monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", 10_000)
+    # Patched where max_archive_bytes reads it (the package only re-exports it).
+    monkeypatch.setattr(data_module.archive, "MAX_ARCHIVE_BYTES", 10_000)
     assert invoke("data", "--dataset", "imagefolder", "--data-dir", str(archive)).exit_code == 2
-    monkeypatch.setattr(data_module, "MAX_ARCHIVE_BYTES", 1 << 30)
+    monkeypatch.setattr(data_module.archive, "MAX_ARCHIVE_BYTES", 1 << 30)
     assert invoke("data", "--dataset", "imagefolder", "--data-dir", str(archive)).exit_code == 0
 
 

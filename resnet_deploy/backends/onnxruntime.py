@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MissingDependencyError, UserError
+from ..errors import UserError
+from ..optional import import_onnxruntime
 from .base import BackendUnavailable, Runner, physical_cores
 
 PROVIDERS = {
@@ -27,17 +28,9 @@ PROVIDERS = {
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError("onnxruntime", "pip install onnxruntime (or onnxruntime-gpu)", "the onnxruntime backend") from exc
-    return onnxruntime
-
-
 def available_providers() -> list[str]:
     """Short names (cpu, cuda, tensorrt) of the execution providers this onnxruntime build has."""
-    ort = import_onnxruntime()
+    ort = import_onnxruntime("the onnxruntime backend")
     have = set(ort.get_available_providers())
     return [short for short, full in PROVIDERS.items() if full in have]
 
@@ -89,7 +82,7 @@ class OnnxRuntimeRunner(Runner):
     # ------------------------------------------------------------------ lifecycle
 
     def _activate(self) -> None:
-        ort = import_onnxruntime()
+        ort = import_onnxruntime("the onnxruntime backend")
         wanted = PROVIDERS[self.provider]
         if wanted not in ort.get_available_providers():
             raise BackendUnavailable(

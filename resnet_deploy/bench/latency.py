@@ -3,6 +3,7 @@ docstring); a sweep over batch sizes in which an out-of-memory batch ends the sw
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Callable
@@ -17,6 +18,8 @@ from ..signals import StopRequest
 from .memory import _free_device_memory, _MemoryProbe, is_out_of_memory
 from .settings import BenchSettings
 from .stopping import _check_stop, _StopMeasuring
+
+log = logging.getLogger(__name__)
 
 
 def latency_input(batch_size: int, images: np.ndarray | None, normalization: Normalization | None) -> np.ndarray:
@@ -162,7 +165,7 @@ def sweep_latency(
                 entry = measure_latency(runner, latency_input(batch_size, images, normalization), settings, stop)
                 largest_ok = batch_size
                 status = f"bs {batch_size}: {entry['images_per_sec']:,.0f} img/s"
-                progress.info(
+                log.info(
                     f"{runner.name} latency bs {batch_size}: {entry['images_per_sec']:,.0f} img/s, "
                     f"p50 {entry['p50_ms']:.3f} ms ({entry['iterations']} iterations)"
                 )
@@ -190,7 +193,7 @@ def _unmeasured_entry(exc: BaseException, runner: Runner, batch_size: int, large
     _free_device_memory()
     fitted = f"the largest batch that fitted was {largest_ok}" if largest_ok else "no batch size fitted"
     message = f"{runner.name} ran out of memory on {runner.device} at batch {batch_size}; {fitted}"
-    progress.info(message)
+    log.info(message)
     return _failed_entry(batch_size, "oom", message), f"bs {batch_size}: OOM"
 
 

@@ -7,9 +7,9 @@ import contextlib
 from dataclasses import asdict
 from typing import Sequence
 
+import logging
 import numpy as np
 
-from .. import progress
 from ..backends.base import BackendUnavailable, NonFiniteOutputError, Runner, SkippedRunner
 from ..data import Normalization
 from ..environment import cpu_competition, cpu_snapshot
@@ -21,6 +21,8 @@ from .latency import _failed_entry, sweep_latency
 from .memory import _free_device_memory, is_out_of_memory
 from .settings import BenchSettings
 from .stopping import _interruption, _StopMeasuring
+
+log = logging.getLogger(__name__)
 
 
 def run_benchmark(
@@ -81,7 +83,7 @@ def _run_rows(ordered, images, labels, normalization, settings: BenchSettings, b
     interrupted: dict | None = None
     not_run = skipped_summary([_row_header(r) for r in ordered if isinstance(r, SkippedRunner)])
     if not_run:
-        progress.info(not_run)  # one line, however many rows
+        log.info(not_run)  # one line, however many rows
     for runner in ordered:
         row = _row_header(runner)
         rows.append(row)
@@ -99,7 +101,7 @@ def _run_rows(ordered, images, labels, normalization, settings: BenchSettings, b
             raise UserError(f"the baseline {baseline} failed, so no row can be compared: {row['reason']}")
     if not any(row["status"] == "interrupted" for row in rows):
         return rows, None  # the signal came after the last measurement: nothing is missing
-    progress.info(f"{interrupted['message']}: rows and batch sizes marked interrupted were not measured")
+    log.info(f"{interrupted['message']}: rows and batch sizes marked interrupted were not measured")
     return rows, interrupted
 
 
@@ -128,14 +130,14 @@ def _run_row(row: dict, runner: Runner, images, labels, normalization, settings:
             ]
     except BackendUnavailable as exc:
         row.update(status="skipped", reason=str(exc))
-        progress.info(f"skipped {runner.name}: {exc}")
+        log.info(f"skipped {runner.name}: {exc}")
     except NonFiniteOutputError as exc:
         row.update(status="nonfinite", reason=str(exc))
-        progress.info(f"error: {exc}")
+        log.info(f"error: {exc}")
     except Exception as exc:  # noqa: BLE001 - one broken backend must not end the whole benchmark
         reason = _error_reason(exc, runner, settings)
         row.update(status="error", reason=reason)
-        progress.info(f"error in {runner.name}: {reason}")
+        log.info(f"error in {runner.name}: {reason}")
     return phase
 
 
@@ -146,7 +148,7 @@ def _accuracy_pass(row: dict, runner: Runner, images, labels, normalization, set
     row["accuracy"]["batch_size"] = min(settings.accuracy_batch_size, runner.max_batch_size or settings.accuracy_batch_size)
     if runner.name == baseline:
         reference.update(logits=logits, metrics=row["accuracy"])
-    progress.info(f"{runner.name}: top-1 {row['accuracy']['top1']:.2f}%  agreement {row['accuracy']['agreement']:.2f}%")
+    log.info(f"{runner.name}: top-1 {row['accuracy']['top1']:.2f}%  agreement {row['accuracy']['agreement']:.2f}%")
 
 
 def _latency_pass(row: dict, runner: Runner, images, normalization, settings: BenchSettings, stop: StopRequest) -> None:

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .. import progress
+from . import logs
 from ..errors import UserError, VerificationError
 
 
@@ -32,6 +32,10 @@ class ResnetDeployGroup(click.Group):
     graceful stop of its own (calibration, export, evaluation): every file is written atomically, so
     what is on disk is the previous version or the new one, and a rerun redoes the step.
     """
+
+    def main(self, *args, **kwargs):
+        logs.install_handler()  # before the command line is parsed: -q/-v then set the level
+        return super().main(*args, **kwargs)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -58,21 +62,6 @@ class ResnetDeployGroup(click.Group):
                 signal.signal(signal.SIGTERM, previous)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is at the time (a test runner swaps it per invocation)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:
-        pass
-
-
 _VERBOSITY_KEY = "resnet_deploy.verbosity"
 
 
@@ -85,15 +74,9 @@ def _set_verbosity(ctx: click.Context, param: click.Parameter, value: bool) -> N
     if given == {"quiet", "verbose"}:
         raise click.UsageError("-q/--quiet and -v/--verbose contradict each other: give one of them", ctx=ctx)
     if param.name == "quiet":
-        progress.set_enabled(False)
+        logs.quiet()
     else:
-        progress.set_enabled(True)
-        root = logging.getLogger()
-        if not any(isinstance(handler, _StderrHandler) for handler in root.handlers):
-            handler = _StderrHandler()
-            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-            root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        logs.verbose()
 
 
 def verbosity_options() -> list[click.Option]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..optional import has_matplotlib
 from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left
 
 
@@ -96,7 +97,8 @@ def _print_summary(record: dict, output_dir: Path) -> None:
         click.echo(f"pytorch-int8 vs {impl}: " + ("no layer differs" if not ranking else "diverging layers:"))
         for entry in ranking:
             click.echo(f"  {entry['name']:<20} {100 * entry['local_mismatch_fraction']:.3g}% apart  {entry['diagnosis']}")
-    click.echo(f"report: {output_dir / 'inspect.md'}  data: {output_dir / 'inspect.json'}  plot: {output_dir / 'sqnr.png'}")
+    plot = f"  plot: {output_dir / 'sqnr.png'}" if has_matplotlib() else ""  # drawn only with matplotlib
+    click.echo(f"report: {output_dir / 'inspect.md'}  data: {output_dir / 'inspect.json'}{plot}")
 
 
 def _print_lint(report: dict) -> None:

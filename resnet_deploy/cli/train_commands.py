@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .. import progress
+from . import logs
 from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
 from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
@@ -65,7 +65,7 @@ def train(load_data, output, milestones, compile_, resume, force, **options):
     load_data.check()
     with context_from_environment(config) as dist:
         if not dist.is_main:
-            progress.set_enabled(False)
+            logs.quiet()
         with no_empty_folders_left(output if dist.is_main else None):
             if dist.is_main:
                 # A read-only or full --output is reported before minutes of dataset decoding, not after.

@@ -108,38 +108,15 @@ class OnnxExport:
 def fold_batchnorm(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every Conv2d -> BatchNorm2d pair folded into one Conv2d.
 
-    Works on any module torch.fx can trace; a BatchNorm whose input is not a convolution used only by
-    it is left alone (and the export check then reports it).
+    torch's own fx pass (``torch.fx.experimental.optimization.fuse``, folding with
+    ``torch.nn.utils.fusion.fuse_conv_bn_eval``). Works on any module torch.fx can trace; a BatchNorm
+    whose input is not a convolution used only by it (or is a subclass: the pass matches exact types)
+    is left alone, and the export check then reports it. ``model`` itself is not changed.
     """
-    import torch.fx
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.fx.experimental.optimization import fuse
 
-    model = copy.deepcopy(model).eval()
-    traced = torch.fx.symbolic_trace(model)
-    modules = dict(traced.named_modules())
-    for node in list(traced.graph.nodes):
-        if node.op != "call_module" or not isinstance(modules.get(node.target), nn.BatchNorm2d):
-            continue
-        source = node.args[0]
-        if not (isinstance(source, torch.fx.Node) and source.op == "call_module"):
-            continue
-        conv = modules.get(source.target)
-        if not isinstance(conv, nn.Conv2d) or len(source.users) != 1:
-            continue
-        fused = fuse_conv_bn_eval(conv, modules[node.target])
-        _set_submodule(traced, source.target, fused)
-        node.replace_all_uses_with(source)
-        traced.graph.erase_node(node)
-    traced.graph.lint()
-    traced.delete_all_unused_submodules()
-    traced.recompile()
-    return traced.eval()
-
-
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, name = target.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, name, module)
+    # The copy is put in eval mode first: fuse_conv_bn_eval folds running statistics, eval only.
+    return fuse(copy.deepcopy(model).eval(), inplace=True).eval()
 
 
 class HalfPrecisionModel(nn.Module):

@@ -30,6 +30,7 @@ import torch.fx
 
 from ..compare import compare_logits  # defined there, once; export/__init__ and inspect/ import it from here
 from ..data import Normalization, normalize, to_tensor_images
+from ..optional import import_onnxruntime
 
 THRESHOLDS: dict[str, dict[str, float]] = {
     "fp32": {"max_abs_diff": 1e-4, "top1_agreement": 100.0},
@@ -69,7 +70,7 @@ def fixed_batch(normalization: Normalization, size: int = FIXED_BATCH_SIZE, imag
 
 def onnx_session(path: str | os.PathLike, threads: int | None = None):
     """An ONNX Runtime CPU session with all graph optimisations (the fusions deployment gets)."""
-    import onnxruntime as ort
+    ort = import_onnxruntime("checking an ONNX export against PyTorch")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -279,9 +280,7 @@ def _promote(value):
 
 
 def _ort_version() -> str:
-    import onnxruntime as ort
-
-    return ort.__version__
+    return import_onnxruntime("checking an ONNX export against PyTorch").__version__
 
 
 def describe_failure(artifact: str | Path, record: dict) -> str:

@@ -10,6 +10,7 @@ numbers that failed can be read; the call then raises VerificationError naming e
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import progress
 from ..checkpoint import check_dataset_matches, load_checkpoint
 from ..data import ImageDataset
 from ..errors import UserError, VerificationError
@@ -26,6 +26,8 @@ from . import manifest as manifest_lib
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
 from .parity import FIXED_BATCH_SIZE, ExactQDQReference, ParityInputs, check_parity, describe_failure, fixed_batch
 from ..tensorrt import BatchRange, build_engine, parse_compute_capability, runtime, sidecar_path
+
+log = logging.getLogger(__name__)
 
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -118,7 +120,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     for precision in float_precisions:
         info = ExportInfo(spec, loaded.normalization.to_dict(), loaded.classes, loaded.sha256, precision)
         path = export_dir / f"model-{precision}{batch_tag}.onnx"
-        progress.info(f"exporting {precision} ONNX -> {path}")
+        log.info(f"exporting {precision} ONNX -> {path}")
         result = export_onnx(loaded.model, path, info, dynamic_batch=dynamic, static_batch=options.static_batch,
                              opset=options.opset, simplify=options.simplify)
         parity = check_parity(path, reference_fp32, float_inputs, precision, batch_size=_parity_batch(options),
@@ -132,7 +134,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
         _build_engines(options, manifest, export_dir, engine_plan)
     else:
         manifest_lib.add_skipped(manifest, "tensorrt", None, engine_plan["reason"])
-        progress.info(f"TensorRT engines skipped: {engine_plan['reason']}")
+        log.info(f"TensorRT engines skipped: {engine_plan['reason']}")
 
     manifest_path = manifest_lib.write_manifest(export_dir, manifest)
     report = ExportReport(export_dir, manifest_path, manifest, failures)
@@ -175,7 +177,7 @@ def _record_onnx(manifest: dict, export_dir: Path, result, parity: dict, failure
     manifest_lib.add_artifact(manifest, entry)
     label = f"{result.precision}" + (f" ({result.scheme})" if result.scheme else "")
     if parity["passed"]:
-        progress.info(
+        log.info(
             f"  {label} parity ok: max|diff| {parity['max_abs_diff']:.2e}, top-1 agreement "
             f"{parity['top1_agreement']:.2f}% on {parity['count']} inputs"
         )
@@ -220,7 +222,7 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
         quantized.normalization.to_dict(), list(quantized.classes), loaded.sha256, "int8", quantized.target,
     )
     path = export_dir / f"model-int8-{quantized.target}{batch_tag}.onnx"
-    progress.info(f"exporting int8 ({quantized.target} scheme) ONNX -> {path}")
+    log.info(f"exporting int8 ({quantized.target} scheme) ONNX -> {path}")
     result = export_onnx(quantized.module, path, info, dynamic_batch=options.static_batch is None,
                          static_batch=options.static_batch, opset=options.opset, simplify=options.simplify)
     import onnx
@@ -235,7 +237,7 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
             f"ONNX Runtime fused only {kernels['qlinear_conv']} of {analysis['quantized_convolutions']} quantized "
             "convolutions into int8 QLinearConv kernels"
         )
-    progress.info(
+    log.info(
         f"  Q/DQ: {analysis['quantized_convolutions']}/{analysis['convolutions']} convolutions quantized; ONNX Runtime runs "
         f"{kernels['qlinear_conv']} as QLinearConv, {kernels['float_conv']} in float"
     )
@@ -320,7 +322,7 @@ def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, pla
         onnx_path = export_dir / artifact["path"]
         cc_tag = "sm" + plan["compute_capability"].replace(".", "")
         engine_path = onnx_path.with_name(f"{onnx_path.stem}.{cc_tag}.engine")
-        progress.info(f"building {precision} TensorRT engine -> {engine_path}")
+        log.info(f"building {precision} TensorRT engine -> {engine_path}")
         if precision == "int8":  # predict every layer's engine precision and fusions from the graph first (inspect --lint)
             from ..inspect.lint import lint_before_engine_build
             artifact["qdq_lint"] = lint_before_engine_build(onnx_path)
@@ -330,7 +332,7 @@ def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, pla
             workspace_mb=options.workspace_mb, opt_level=options.opt_level, timing_cache=timing_cache,
             compute_capability=plan["compute_capability"],
         )
-        progress.info(f"  built in {sidecar['build_seconds']:.2f} s, {sidecar['engine']['bytes'] / 2**20:.1f} MiB, "
+        log.info(f"  built in {sidecar['build_seconds']:.2f} s, {sidecar['engine']['bytes'] / 2**20:.1f} MiB, "
                       f"layers {sidecar['layer_precision']['layers']}, quantized convs {sidecar['layer_precision']['quantized_convolutions']}")
         manifest_lib.add_artifact(manifest, {
             "kind": "tensorrt",

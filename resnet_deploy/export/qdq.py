@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..optional import import_onnxruntime
+
 INT8_ELEM = 3  # onnx.TensorProto.INT8
 UINT8_ELEM = 2
 INT32_ELEM = 6
@@ -211,8 +213,8 @@ def ort_optimized_model(path: str | os.PathLike, level: str = "all"):
     """The graph ONNX Runtime's CPU provider actually runs (``SessionOptions.optimized_model_filepath``)
     at graph optimisation ``level`` ("basic", "extended" or "all"), as a ModelProto."""
     import onnx
-    import onnxruntime as ort
 
+    ort = import_onnxruntime("reading the graph ONNX Runtime optimises")
     levels = {
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -238,8 +240,6 @@ def ort_int8_kernels(path: str | os.PathLike) -> dict:
     ``float_add`` (residual adds left in float, each a DQ/Add/ReLU round trip), the Q/DQ nodes left
     over (each a float<->int8 conversion at run time) and ``nodes``, all the nodes ORT runs.
     """
-    import onnxruntime as ort
-
     model_proto = ort_optimized_model(path, "all")
     ops = Counter(node.op_type for node in model_proto.graph.node)
     return {
@@ -252,5 +252,5 @@ def ort_int8_kernels(path: str | os.PathLike) -> dict:
         "quantize_linear_left": ops.get("QuantizeLinear", 0),
         "dequantize_linear_left": ops.get("DequantizeLinear", 0),
         "nodes": len(model_proto.graph.node),
-        "onnxruntime": ort.__version__,
+        "onnxruntime": import_onnxruntime("reading the graph ONNX Runtime optimises").__version__,
     }

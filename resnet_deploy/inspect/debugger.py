@@ -21,6 +21,7 @@ too: an implementation can be right at one batch size and wrong at another.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from .lint import lint_report
 from .metrics import Agreement
 from .results import FP32, ONNXRUNTIME, PYTORCH_INT8, TENSORRT
 from .taps import Observation, run_fp32, run_int8
+
+log = logging.getLogger(__name__)
 
 DEFAULT_IMAGES = 256  # "a few hundred": enough for per-layer statistics, a minute for ResNet20 on 2 cores
 DEFAULT_BATCH = 64
@@ -97,7 +100,7 @@ def int8_onnx(options: InspectOptions, quantized, loaded) -> tuple[Path, dict]:
     from ..export.onnx_export import ExportInfo, export_onnx
 
     path = Path(options.output_dir) / f"model-int8-{quantized.target}.onnx"
-    progress.info(f"exporting the int8 ONNX of {options.int8_dir} -> {path}")
+    log.info(f"exporting the int8 ONNX of {options.int8_dir} -> {path}")
     info = ExportInfo(quantized.spec.to_dict(), quantized.normalization.to_dict(), list(quantized.classes), loaded.sha256,
                       "int8", quantized.target)
     export_onnx(quantized.module, path, info)

@@ -26,6 +26,7 @@ engine can be deserialised, against the engine inspector's fused layers and thei
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,8 @@ import numpy as np
 
 from ..errors import VerificationError
 from .graph import WEIGHTED_OPS, OnnxGraph
+
+log = logging.getLogger(__name__)
 
 DOC = "TensorRT developer guide, Explicit Quantization (Q/DQ Fusion; Q/DQ Layer-Placement Recommendations)"
 
@@ -235,12 +238,10 @@ def describe(summary: dict) -> str:
 
 def lint_before_engine_build(onnx_path: str | os.PathLike) -> dict:
     """What ``export`` records (and prints) before it builds an int8 engine."""
-    from .. import progress
-
     summary = summarize(lint_onnx_file(onnx_path))
-    progress.info(f"  Q/DQ lint (TensorRT's documented rules): {describe(summary)}")
+    log.info(f"  Q/DQ lint (TensorRT's documented rules): {describe(summary)}")
     for entry in summary["not_int8"]:
-        progress.info(f"    {entry['node']}: {entry['precision']} ({'; '.join(entry['reasons'])})")
+        log.info(f"    {entry['node']}: {entry['precision']} ({'; '.join(entry['reasons'])})")
     return summary
 
 

@@ -28,6 +28,7 @@ import torch
 
 from ..export.parity import compare_logits, onnx_session
 from ..export.qdq import ort_int8_kernels, ort_optimized_model
+from ..optional import import_onnxruntime
 from .graph import GRAPH_INPUT, OnnxGraph
 from .layers import Layer
 from .taps import Observation
@@ -49,7 +50,7 @@ class Tap:
 
 
 def _unoptimised_session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    ort = import_onnxruntime("inspecting the ONNX Runtime int8 model")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # it is optimised already

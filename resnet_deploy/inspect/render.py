@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ..fileio import atomic_path, atomic_write_text, write_json
+from ..optional import PLOTS_INSTALL, has_matplotlib, import_pyplot
 from .results import PYTORCH_INT8
+
+log = logging.getLogger(__name__)
 
 JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "inspect.json", "inspect.md", "sqnr.png"
 
 
 def write_outputs(record: dict, output_dir: str | os.PathLike) -> dict[str, Path]:
+    """inspect.json, inspect.md and sqnr.png (without matplotlib: no plot, a warning says so)."""
     output_dir = Path(output_dir)
     paths = {"json": output_dir / JSON_NAME, "markdown": output_dir / MARKDOWN_NAME, "plot": output_dir / PLOT_NAME}
+    plot = has_matplotlib()
     write_json(paths["json"], record)
-    atomic_write_text(paths["markdown"], markdown(record))
+    atomic_write_text(paths["markdown"], markdown(record, plot=plot))
+    if not plot:
+        log.warning(f"the SQNR plot was not drawn: matplotlib is not installed ({PLOTS_INSTALL})")
+        del paths["plot"]
+        return paths
     plot_sqnr(record, paths["plot"])
     return paths
 
@@ -126,7 +136,7 @@ def _layers_section(record: dict) -> list[str]:
     return ["## Every layer", ""] + _table(header, rows)
 
 
-def markdown(record: dict) -> str:
+def markdown(record: dict, plot: bool = True) -> str:
     model = record["model"]
     lines = [f"# int8 inspection: {model['name']} ({record['int8']['target']} scheme, {record['int8']['method']} calibration)", "",
              f"- checkpoint: `{record['checkpoint']['path']}`", f"- int8 artifact: `{record['int8']['artifact_dir']}`",
@@ -135,7 +145,8 @@ def markdown(record: dict) -> str:
     lines += _implementations(record)
     for section in (_loss_section, _divergence_section, _batch_section, _lint_section, _layers_section):
         lines += section(record)
-    lines.append(f"![SQNR per layer]({PLOT_NAME})")
+    if plot:
+        lines.append(f"![SQNR per layer]({PLOT_NAME})")
     return "\n".join(lines) + "\n"
 
 
@@ -145,10 +156,7 @@ def markdown(record: dict) -> str:
 def plot_sqnr(record: dict, path: str | os.PathLike) -> None:
     """SQNR against FP32 per layer in network order, one line per int8 implementation (identical
     outputs, an infinite SQNR, leave a gap)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = import_pyplot("inspect's SQNR plot")
 
     names = [layer["name"] for layer in record["layers"]]
     impls = list(dict.fromkeys(impl for layer in record["layers"] for impl in layer["sqnr_db"]))

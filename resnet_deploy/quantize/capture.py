@@ -11,6 +11,7 @@ import torch
 from .. import progress
 from ..data import ImageDataset, Normalization, calibration_indices, normalize, to_tensor_images
 from ..errors import MissingDependencyError, UserError
+from ..optional import TORCHAO
 from . import calibration
 from .quantizer import Int8Scheme, make_quantizer, quantizable_layers, resolve_layer_names, scheme_for
 
@@ -22,7 +23,7 @@ def require_torchao() -> None:
     try:
         import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
     except ImportError as exc:
-        raise MissingDependencyError("torchao>=0.15", "pip install 'torchao>=0.15'", "int8 quantization") from exc
+        raise MissingDependencyError(TORCHAO, f"pip install '{TORCHAO}'", "int8 quantization") from exc
 
 
 def batch_dim():

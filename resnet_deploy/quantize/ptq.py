@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from .. import progress
 from ..checkpoint import LoadedModel, check_dataset_matches
 from ..data import ImageDataset, Normalization
 from ..evaluation import classification_metrics, predict_logits
@@ -29,6 +29,8 @@ from .capture import (
 )
 from .bias_correction import snap_biases_to_int32_grid
 from .quantizer import scheme_for
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CALIB_SIZE = 1000
 DEFAULT_BIAS_CORRECTION = True
@@ -185,7 +187,7 @@ def run_ptq(
     """:func:`quantize_ptq`, returning the in-memory :class:`QuantizedModel` as well."""
     scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=16 << 20)
     keep = resolve_keep_float(loaded.model, keep_float)
-    progress.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
+    log.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
     converted, timings = ptq_convert(
         loaded.model, calibration_batches(dataset, calib_size), loaded.normalization,
         target=target, method=method, percentile=percentile, keep_float=keep, bias_correction=bias_correction,
@@ -221,7 +223,7 @@ def finish(
 
     metrics: dict = {"timings": timings}
     if evaluate:
-        progress.info(f"evaluating FP32 and int8 on {len(dataset.test_images)} test images")
+        log.info(f"evaluating FP32 and int8 on {len(dataset.test_images)} test images")
         metrics.update(
             compare_with_fp32(loaded.model, converted, dataset.test_images, dataset.test_labels, loaded.normalization, eval_batch_size)
         )
@@ -245,7 +247,7 @@ def finish(
     }
     save_artifact(output_dir, program, qparams, manifest)
     if evaluate:
-        progress.info(
+        log.info(
             f"top-1 FP32 {metrics['fp32']['top1']:.2f}%, int8 {metrics['int8']['top1']:.2f}% "
             f"({metrics['delta_top1']:+.2f}), agreement {metrics['agreement_top1']:.2f}%; saved {output_dir}"
         )

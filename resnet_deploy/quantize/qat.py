@@ -19,6 +19,7 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -27,7 +28,6 @@ from typing import Iterable
 
 import torch
 
-from .. import progress
 from ..checkpoint import LoadedModel
 from ..data import ImageDataset, normalize, to_tensor_images
 from ..errors import UserError
@@ -50,6 +50,8 @@ from . import calibration
 from .bias_correction import snap_biases_to_int32_grid
 from .capture import build_quantizer, calibration_batches, capture_for_training, require_torchao, resolve_keep_float
 from .ptq import DEFAULT_CALIB_SIZE, check_run, finish
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "qat_state.pt"
 STATE_FORMAT = "resnet-deploy/qat-state"
@@ -127,7 +129,7 @@ def quantize_qat(
     state_path = output_dir / STATE_FILE
     state = _read_state(state_path, loaded) if resume and state_path.is_file() else None
     if resume and state is None:
-        progress.info(f"--resume: no QAT state at {state_path}, starting fresh")
+        log.info(f"--resume: no QAT state at {state_path}, starting fresh")
     if state is not None:
         config = _resumed_config(state, epochs)
     run = _start_run(loaded, dataset, scheme, config, state, state_path)
@@ -200,7 +202,7 @@ def _start_run(loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatCo
     if state is not None:
         optimization.restore(state)
         calibration_seconds = state.get("calibration_seconds", 0.0)
-        progress.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
+        log.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
     train_images = to_tensor_images(dataset.train_images)
     train_labels = torch.from_numpy(dataset.train_labels)
     batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, loaded.normalization, torch.device("cpu"))
@@ -248,7 +250,7 @@ def _fine_tune(run: _QatRun) -> None:
                 }
             )
             run.save_state(epoch + 1, 0)
-            progress.info(f"QAT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, train top-1 {history[-1]['train_top1']:.2f}%")
+            log.info(f"QAT epoch {epoch + 1}: train loss {history[-1]['train_loss']:.3f}, train top-1 {history[-1]['train_top1']:.2f}%")
 
 
 def _convert_and_finish(
