@@ -70,10 +70,16 @@ def _format_log_axis(axis, low: float, high: float) -> None:
 # ============================================================================================ latency
 
 
+def gpu_copies_measured(results: dict) -> list[str]:
+    """The host-device copy settings of the GPU entries that were measured ([] for a CPU-only run)."""
+    entries = [entry for row in measured_rows(results) for entry in ok_entries(row).values()]
+    return sorted({e["host_device_copies"] for e in entries if e.get("host_device_copies", "none (cpu)") != "none (cpu)"})
+
+
 def latency_title(results: dict) -> str:
     """Model, the hardware its measured rows ran on, and the copies setting when a GPU row was measured."""
     entries = [entry for row in measured_rows(results) for entry in ok_entries(row).values()]
-    gpu_copies = sorted({e["host_device_copies"] for e in entries if e.get("host_device_copies", "none (cpu)") != "none (cpu)"})
+    gpu_copies = gpu_copies_measured(results)
     on_cpu = not entries or any(e.get("host_device_copies", "none (cpu)") == "none (cpu)" for e in entries)
     hw = results["hardware"]
     places = []

@@ -48,7 +48,7 @@ from .backends.base import BACKENDS, PRECISIONS
 from .fileio import atomic_write_text, write_json
 from .optional import PLOTS_INSTALL, has_matplotlib
 from .plots import ok_entries as _ok_entries
-from .plots import plot_accuracy_vs_throughput, plot_latency
+from .plots import gpu_copies_measured, plot_accuracy_vs_throughput, plot_latency
 
 log = logging.getLogger(__name__)
 
@@ -348,13 +348,15 @@ def render_markdown(results: dict, plots: bool = True) -> str:
         f"{(trt['flavour'] + ' ' + trt['version']) if trt else 'not installed'}, OpenVINO {sw.get('openvino') or 'not installed'}, "
         f"Python {sw['python']}."
     )
-    copies = "included" if settings.get("include_copies", True) else "excluded"
+    # The copies setting only means something for GPU rows, so a CPU-only run does not mention it.
+    gpu_copies = gpu_copies_measured(results)
+    clocks = ("CPU rows timed with `perf_counter_ns`, GPU rows with CUDA events. Host<->device copies on GPU rows: "
+              f"**{'/'.join(gpu_copies)}**. ") if gpu_copies else "Timed with `perf_counter_ns`. "
     lines.append(
         f"**Timing** per batch size: warm-up (>= {settings.get('warmup_iterations')} iterations and "
         f"{settings.get('warmup_seconds')} s), then >= {settings.get('min_iterations')} synchronised iterations and "
         f">= {settings.get('min_seconds')} s until the mean's relative standard error is <= "
-        f"{100 * settings.get('target_rel_error', 0):.0f}% (at most {settings.get('max_seconds')} s). CPU rows timed with "
-        f"`perf_counter_ns`, GPU rows with CUDA events. Host<->device copies on GPU rows: **{copies}**. "
+        f"{100 * settings.get('target_rel_error', 0):.0f}% (at most {settings.get('max_seconds')} s). {clocks}"
         f"Throughput = batch / mean latency. Accuracy pass batch size {settings.get('accuracy_batch_size')}."
     )
     lines.append(f"**Baseline** `{baseline}`: every delta, agreement and speedup is against it.")

@@ -158,3 +158,14 @@ def test_one_point_gets_an_axis_around_it_not_a_decade():
     low, high = accuracy_figure(results).axes[0].get_xlim()
     x = max(results["rows"][0]["latency"], key=lambda e: e["batch_size"])["images_per_sec"]
     assert x / 1.3 < low < x < high < x * 1.3
+
+
+def test_report_timing_line_names_the_copies_only_when_a_gpu_row_was_measured():
+    """report.md's Timing line, like the plot's title: a CPU-only run says nothing of host-device copies."""
+    from resnet_deploy.report import render_markdown
+
+    def timing(results):
+        return next(line for line in render_markdown(results).splitlines() if line.startswith("**Timing**"))
+
+    assert "copies" not in timing(cpu_run())  # its skipped cuda:0 TensorRT row measured nothing
+    assert "Host<->device copies on GPU rows: **excluded**" in timing(gpu_run("excluded"))
