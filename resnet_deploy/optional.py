@@ -9,8 +9,8 @@ to install it (the extras of setup.cfg).
   written without their plots, and a warning says so.
 * torchao (PT2E int8) is required, pinned to the measured minor version; ``quantize.capture``
   names the pin when it is missing.
-* jsonschema checks results files against the schema (extra ``[dev]``); ``report.validate_results``
-  is a no-op without it.
+* jsonschema checks results files against ``schemas/results.schema.json`` (extra ``[schema]``, also
+  in ``[dev]``); without it ``report.validate_results`` checks nothing, and an INFO message says so.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ ONNXRUNTIME_INSTALL = (
     "(onnxruntime-gpu, CUDA and TensorRT providers); one of the two, not both"
 )
 PLOTS_INSTALL = 'pip install "resnet-deploy[plots]" (matplotlib)'
+SCHEMA_INSTALL = 'pip install "resnet-deploy[schema]" (jsonschema)'
 # setup.cfg's pin: the torchao minor version the PT2E flow was measured with (its API moves between minors).
 TORCHAO = "torchao>=0.18,<0.19"
 
@@ -39,6 +40,10 @@ def import_onnxruntime(purpose: str = "ONNX Runtime inference"):
 
 def has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def has_jsonschema() -> bool:
+    return importlib.util.find_spec("jsonschema") is not None
 
 
 def import_pyplot(purpose: str = "plotting"):

@@ -10,7 +10,8 @@
                                  (both plots: ``plots.py``, with matplotlib, extra ``[plots]``)
 
 Results schema (``format`` "resnet-deploy/bench", ``version`` 1; docs/results-schema.md explains each
-field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
+field; the machine-checkable JSON Schema is ``schemas/results.schema.json``, package data, loaded as
+``RESULTS_SCHEMA``)::
 
     run_name, created (ISO 8601 UTC), command (argv or null)
     hardware: cpu_model, logical_cpus, physical_cores, affinity_cpus, memory_gb, platform,
@@ -39,229 +40,41 @@ field; ``RESULTS_SCHEMA`` is the machine-checkable JSON Schema)::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .backends.base import BACKENDS, PRECISIONS
 from .fileio import atomic_write_text, write_json
-from .optional import PLOTS_INSTALL, has_matplotlib
+from .optional import PLOTS_INSTALL, SCHEMA_INSTALL, has_jsonschema, has_matplotlib
 from .plots import ok_entries as _ok_entries
 from .plots import gpu_copies_measured, plot_accuracy_vs_throughput, plot_latency
 
 log = logging.getLogger(__name__)
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_STRING_OR_NULL = {"type": ["string", "null"]}
 
-_LATENCY_ENTRY = {
-    "type": "object",
-    "required": ["batch_size", "status", "message"],
-    "properties": {
-        "batch_size": {"type": "integer", "minimum": 1},
-        "status": {"enum": ["ok", "oom", "error", "nonfinite", "skipped", "interrupted"]},
-        "message": _STRING_OR_NULL,
-        "iterations": {"type": "integer", "minimum": 1},
-        "warmup_iterations": {"type": "integer", "minimum": 0},
-        "first_call_ms": {"type": "number", "minimum": 0},
-        "p50_ms": {"type": "number", "minimum": 0},
-        "p90_ms": {"type": "number", "minimum": 0},
-        "p99_ms": {"type": "number", "minimum": 0},
-        "mean_ms": {"type": "number", "minimum": 0},
-        "std_ms": {"type": "number", "minimum": 0},
-        "min_ms": {"type": "number", "minimum": 0},
-        "images_per_sec": _NUMBER_OR_NULL,
-        "speedup_vs_baseline": _NUMBER_OR_NULL,
-        "peak_memory_mb": _NUMBER_OR_NULL,
-        "memory_kind": {"enum": ["cuda_allocated", "process_rss"]},
-        "timer": {"enum": ["cuda_events", "perf_counter_ns"]},
-        "host_device_copies": {"enum": ["included", "excluded", "none (cpu)"]},
-    },
-    "allOf": [
-        {
-            "if": {"properties": {"status": {"const": "ok"}}},
-            "then": {
-                "required": [
-                    "iterations", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "images_per_sec",
-                    "peak_memory_mb", "memory_kind", "timer", "host_device_copies", "speedup_vs_baseline",
-                ]
-            },
-        }
-    ],
-}
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON Schema shipped in ``resnet_deploy/schemas/`` (package data, so installed with the package)."""
+    return json.loads((resources.files("resnet_deploy") / "schemas" / name).read_text(encoding="utf-8"))
 
-_ACCURACY = {
-    "type": ["object", "null"],
-    "required": ["top1", "top5", "loss", "count", "delta_top1", "delta_top5", "agreement", "max_abs_diff", "mean_abs_diff", "batch_size"],
-    "properties": {
-        "top1": {"type": "number", "minimum": 0, "maximum": 100},
-        "top5": {"type": "number", "minimum": 0, "maximum": 100},
-        "loss": {"type": "number"},
-        "count": {"type": "integer", "minimum": 1},
-        "delta_top1": {"type": "number"},
-        "delta_top5": {"type": "number"},
-        "agreement": {"type": "number", "minimum": 0, "maximum": 100},
-        "max_abs_diff": {"type": "number", "minimum": 0},
-        "mean_abs_diff": {"type": "number", "minimum": 0},
-        "batch_size": {"type": "integer", "minimum": 1},
-    },
-}
 
-_ROW = {
-    "type": "object",
-    "required": ["name", "backend", "precision", "device", "status", "reason", "settings", "accuracy", "latency"],
-    "properties": {
-        "name": {"type": "string", "minLength": 1},
-        "backend": {"enum": list(BACKENDS)},
-        "precision": {"enum": list(PRECISIONS)},
-        "device": {"type": "string"},
-        "status": {"enum": ["ok", "skipped", "error", "nonfinite", "interrupted"]},
-        "reason": _STRING_OR_NULL,
-        "settings": {"type": "object"},
-        "accuracy": _ACCURACY,
-        "latency": {"type": "array", "items": _LATENCY_ENTRY},
-        "max_batch_size": {"type": "integer", "minimum": 1},
-    },
-    "allOf": [
-        {"if": {"properties": {"status": {"enum": ["skipped", "error", "nonfinite", "interrupted"]}}}, "then": {"properties": {"reason": {"type": "string"}}}},
-    ],
-}
-
-RESULTS_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "$id": "https://github.com/resnet-deploy/resnet-deploy/docs/results-schema.json",
-    "title": "resnet-deploy benchmark results",
-    "type": "object",
-    "required": [
-        "format", "version", "run_name", "created", "command", "hardware", "software", "model", "dataset",
-        "baseline", "settings", "rows", "verification",
-    ],
-    "properties": {
-        "format": {"const": "resnet-deploy/bench"},
-        "version": {"const": 1},
-        "run_name": {"type": "string", "minLength": 1},
-        "created": {"type": "string"},
-        "command": {"type": ["array", "null"], "items": {"type": "string"}},
-        "hardware": {
-            "type": "object",
-            "required": ["cpu_model", "logical_cpus", "physical_cores", "memory_gb", "gpus"],
-            "properties": {
-                "cpu_model": {"type": "string"},
-                "logical_cpus": {"type": ["integer", "null"]},
-                "physical_cores": {"type": "integer", "minimum": 1},
-                "affinity_cpus": {"type": ["integer", "null"]},
-                "memory_gb": _NUMBER_OR_NULL,
-                "platform": {"type": "string"},
-                "load_average": {"type": ["array", "null"], "items": {"type": "number"}},
-                "cpu_competition": {
-                    "type": ["object", "null"],
-                    "required": ["window_seconds", "cpus", "other_cpu_seconds", "other_share", "warn_share", "competing"],
-                    "properties": {
-                        "window_seconds": {"type": "number", "minimum": 0},
-                        "cpus": {"type": "integer", "minimum": 1},
-                        "other_cpu_seconds": {"type": "number", "minimum": 0},
-                        "other_share": {"type": "number", "minimum": 0, "maximum": 1},
-                        "warn_share": {"type": "number", "minimum": 0, "maximum": 1},
-                        "competing": {"type": "boolean"},
-                    },
-                },
-                "gpus": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["name", "compute_capability"], "properties": {"name": {"type": "string"}}},
-                },
-            },
-        },
-        "software": {
-            "type": "object",
-            "required": ["python", "torch", "onnxruntime", "tensorrt"],
-            "properties": {
-                "tensorrt": {
-                    "type": ["object", "null"],
-                    "properties": {"flavour": {"type": "string"}, "version": {"type": "string"}},
-                },
-                "onnxruntime_providers": {"type": "array", "items": {"type": "string"}},
-            },
-        },
-        "model": {
-            "type": "object",
-            "required": ["spec", "checkpoint", "num_classes"],
-            "properties": {
-                "spec": {"type": "object", "required": ["name"]},
-                "checkpoint": {"type": "object", "required": ["path", "sha256"]},
-                "num_classes": {"type": "integer", "minimum": 2},
-            },
-        },
-        "dataset": {
-            "type": "object",
-            "required": ["name", "split", "size"],
-            "properties": {"name": {"type": "string"}, "split": {"const": "test"}, "size": {"type": "integer", "minimum": 1}},
-        },
-        "baseline": {"type": "string"},
-        "settings": {
-            "type": "object",
-            "required": ["batch_sizes", "include_copies", "accuracy_batch_size"],
-            "properties": {
-                "batch_sizes": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
-                "include_copies": {"type": "boolean"},
-                "accuracy_batch_size": {"type": "integer", "minimum": 1},
-            },
-        },
-        "rows": {"type": "array", "items": _ROW, "minItems": 1},
-        "verification": {
-            "type": ["object", "null"],
-            "required": ["thresholds", "passed", "failures"],
-            "properties": {
-                "thresholds": {
-                    "type": "object",
-                    "required": ["fp32_min_agreement", "fp16_min_agreement", "int8_max_top1_drop"],
-                },
-                "passed": {"type": "boolean"},
-                "failures": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["row", "check", "value", "threshold", "message"]},
-                },
-            },
-        },
-        # Absent in results written before it existed; null when the run was not interrupted.
-        "interrupted": {
-            "type": ["object", "null"],
-            "required": ["signal", "signal_name", "row", "phase", "message"],
-            "properties": {
-                "signal": {"type": "integer", "minimum": 1},
-                "signal_name": {"type": "string"},
-                "row": {"type": "string"},
-                "phase": {"enum": ["start", "accuracy", "latency", "after"]},
-                "message": {"type": "string"},
-            },
-        },
-        "pipeline": {
-            "type": "object",
-            "required": ["stages"],
-            "properties": {
-                "stages": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "status"],
-                        "properties": {"status": {"enum": ["done", "current", "skipped", "failed"]}, "reason": _STRING_OR_NULL},
-                    },
-                }
-            },
-        },
-    },
-}
+RESULTS_SCHEMA_FILE = "results.schema.json"  # in resnet_deploy/schemas/
+RESULTS_SCHEMA: dict[str, Any] = load_schema(RESULTS_SCHEMA_FILE)
 
 
 def validate_results(results: dict) -> None:
     """Raise ``jsonschema.ValidationError`` if ``results`` does not follow RESULTS_SCHEMA.
 
-    Needs the ``jsonschema`` package (the dev extra); without it this is a no-op.
+    Needs ``jsonschema`` (extra ``[schema]``, also in ``[dev]``); without it nothing is checked and a
+    message at INFO level says so (the results are written either way).
     """
-    try:
-        import jsonschema
-    except ImportError:
+    if not has_jsonschema():
+        log.info(f"results not checked against the schema ({RESULTS_SCHEMA_FILE}): jsonschema is not installed ({SCHEMA_INSTALL})")
         return
+    import jsonschema
+
     jsonschema.validate(results, RESULTS_SCHEMA)
 
 
@@ -307,6 +120,7 @@ def _describe_settings(row: dict) -> str:
             parts.append(f"quantized for `{artifact['target']}` ({artifact.get('method') or '?'} calibration)")
         parts.append(f"`{artifact['path']}`")
     return ", ".join(parts) or "–"
+
 
 
 def render_markdown(results: dict, plots: bool = True) -> str:

@@ -43,3 +43,14 @@ def test_report_without_matplotlib_keeps_the_results_and_says_so(monkeypatch, tm
     ]
     with pytest.raises(MissingDependencyError, match=r"resnet-deploy\[plots\]"):
         report.plot_latency(results, tmp_path / "run" / "latency.png")
+
+
+def test_results_without_jsonschema_are_not_checked_and_it_says_so(monkeypatch, caplog):
+    from resnet_deploy import optional, report
+
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # what `import jsonschema` meets when it is not installed
+    with caplog.at_level(logging.INFO, logger="resnet_deploy"):
+        report.validate_results({"rows": "not a list"})  # would fail the schema
+    assert [r.getMessage() for r in caplog.records] == [
+        f"results not checked against the schema (results.schema.json): jsonschema is not installed ({optional.SCHEMA_INSTALL})"
+    ]
