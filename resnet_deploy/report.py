@@ -125,14 +125,27 @@ def _describe_settings(row: dict) -> str:
 
 def render_markdown(results: dict, plots: bool = True) -> str:
     """The human report: what was measured, on what, and whether it passed (``plots``: with the two
-    plots write_report draws beside it)."""
-    hw, sw = results["hardware"], results["software"]
-    settings = results["settings"]
-    baseline = results["baseline"]
+    plots write_report draws beside it). One function per section, in the report's order."""
     # Rows that cannot run on this machine are one line below, not rows of dashes in every table.
     rows = [row for row in results["rows"] if row["status"] != "skipped"]
-    sizes = _batch_sizes(results)
-    show_top5 = results["model"].get("num_classes", 10) > 10
+    lines = _title_lines(results) + _context_lines(results)
+    lines += _accuracy_section(rows, show_top5=results["model"].get("num_classes", 10) > 10)
+    if any(_ok_entries(row) for row in rows):
+        lines += _throughput_section(rows, _batch_sizes(results), results["baseline"]) + _latency_section(rows)
+    lines += _int8_scheme_note(rows)
+    lines += _settings_section(rows) + _failed_section(rows) + _pipeline_section(results.get("pipeline"))
+    lines += _verification_section(results.get("verification"), interrupted=bool(results.get("interrupted")))
+    if plots:
+        lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
+    return "\n".join(lines)
+
+
+def _table_head(header: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
+def _title_lines(results: dict) -> list[str]:
+    """The run's name, and a warning first when a signal stopped the run."""
     lines = [f"# Benchmark `{results['run_name']}`", ""]
     interrupted = results.get("interrupted")
     if interrupted:
@@ -142,49 +155,63 @@ def render_markdown(results: dict, plots: bool = True) -> str:
             "thresholds were not checked. Run the same command again for a complete benchmark.",
             "",
         ]
-    spec = results["model"]["spec"]
-    checkpoint = results["model"]["checkpoint"]
-    lines.append(
-        f"**Model** {spec.get('name')} ({results['model']['num_classes']} classes), checkpoint `{checkpoint['path']}` "
-        f"(sha256 `{str(checkpoint['sha256'])[:12]}`). **Test set** {results['dataset']['name']}, "
-        f"{results['dataset']['size']:,} images (full test split unless a subset was asked for)."
-    )
+    return lines
+
+
+def _context_lines(results: dict) -> list[str]:
+    """What was measured on what: model and test set, hardware, software, timing method, baseline, skips."""
+    model, dataset, hw = results["model"], results["dataset"], results["hardware"]
+    spec, checkpoint = model["spec"], model["checkpoint"]
+    lines = [
+        f"**Model** {spec.get('name')} ({model['num_classes']} classes), checkpoint `{checkpoint['path']}` "
+        f"(sha256 `{str(checkpoint['sha256'])[:12]}`). **Test set** {dataset['name']}, "
+        f"{dataset['size']:,} images (full test split unless a subset was asked for)."
+    ]
     gpus = ", ".join(f"{g['name']} (SM {g['compute_capability']})" for g in hw.get("gpus", [])) or "none"
     lines.append(
         f"**Hardware** {hw['cpu_model']}, {hw['physical_cores']} physical cores ({hw.get('logical_cpus')} logical, "
         f"{hw.get('affinity_cpus')} usable), {_fmt(hw.get('memory_gb'), '.1f')} GB RAM; GPU: {gpus}."
     )
     lines += _competition_line(hw)
+    lines += [_software_line(results["software"]), _timing_line(results)]
+    lines.append(f"**Baseline** `{results['baseline']}`: every delta, agreement and speedup is against it.")
+    not_run = skipped_summary(results["rows"], code=True)
+    if not_run:
+        lines.append(f"**Skipped**: {not_run} (results.json keeps each row with its reason).")
+    return lines + [""]
+
+
+def _software_line(sw: dict) -> str:
     trt = sw.get("tensorrt")
-    lines.append(
+    return (
         f"**Software** torch {sw['torch']}, onnxruntime {sw.get('onnxruntime') or 'not installed'} "
         f"({', '.join(sw.get('onnxruntime_providers') or []) or '–'}), TensorRT "
         f"{(trt['flavour'] + ' ' + trt['version']) if trt else 'not installed'}, OpenVINO {sw.get('openvino') or 'not installed'}, "
         f"Python {sw['python']}."
     )
+
+
+def _timing_line(results: dict) -> str:
+    settings = results["settings"]
     # The copies setting only means something for GPU rows, so a CPU-only run does not mention it.
     gpu_copies = gpu_copies_measured(results)
     clocks = ("CPU rows timed with `perf_counter_ns`, GPU rows with CUDA events. Host<->device copies on GPU rows: "
               f"**{'/'.join(gpu_copies)}**. ") if gpu_copies else "Timed with `perf_counter_ns`. "
-    lines.append(
+    return (
         f"**Timing** per batch size: warm-up (>= {settings.get('warmup_iterations')} iterations and "
         f"{settings.get('warmup_seconds')} s), then >= {settings.get('min_iterations')} synchronised iterations and "
         f">= {settings.get('min_seconds')} s until the mean's relative standard error is <= "
         f"{100 * settings.get('target_rel_error', 0):.0f}% (at most {settings.get('max_seconds')} s). {clocks}"
         f"Throughput = batch / mean latency. Accuracy pass batch size {settings.get('accuracy_batch_size')}."
     )
-    lines.append(f"**Baseline** `{baseline}`: every delta, agreement and speedup is against it.")
-    not_run = skipped_summary(results["rows"], code=True)
-    if not_run:
-        lines.append(f"**Skipped**: {not_run} (results.json keeps each row with its reason).")
-    lines.append("")
 
-    lines += ["## Accuracy parity", ""]
+
+def _accuracy_section(rows: list[dict], show_top5: bool) -> list[str]:
     header = ["Row", "Precision", "Device", "Top-1 %", "Δ top-1 (pts)"]
     if show_top5:
         header += ["Top-5 %", "Δ top-5 (pts)"]
     header += ["Agreement %", "max \\|Δ logit\\|", "mean \\|Δ logit\\|", "Status"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["## Accuracy parity", ""] + _table_head(header)
     for row in rows:
         acc = row.get("accuracy")
         cells = [f"`{row['name']}`", row["precision"], row["device"]]
@@ -197,70 +224,76 @@ def render_markdown(results: dict, plots: bool = True) -> str:
             cells += ["–"] * (7 if show_top5 else 5)
         cells.append(row["status"] if row["status"] == "ok" else f"**{row['status']}**")
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    return lines + [""]
 
-    measured = [row for row in rows if _ok_entries(row)]
-    if measured:
-        lines += [f"## Throughput (images/s; speedup vs `{baseline}`)", ""]
-        lines += ["| Row | " + " | ".join(f"bs {b}" for b in sizes) + " |", "|---|" + "---|" * len(sizes)]
-        for row in rows:
-            if not row.get("latency"):
+
+def _throughput_section(rows: list[dict], sizes: list[int], baseline: str) -> list[str]:
+    """Images/s per batch size (a column each), with the speedup over the baseline row."""
+    lines = [f"## Throughput (images/s; speedup vs `{baseline}`)", ""] + _table_head(["Row"] + [f"bs {b}" for b in sizes])
+    for row in rows:
+        if not row.get("latency"):
+            continue
+        by_size = {e["batch_size"]: e for e in row["latency"]}
+        lines.append(f"| `{row['name']}` | " + " | ".join(_throughput_cell(by_size.get(size)) for size in sizes) + " |")
+    return lines + [""]
+
+
+def _throughput_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "–"
+    if entry["status"] != "ok":
+        return entry["status"].upper()
+    speed = entry.get("speedup_vs_baseline")
+    return f"{entry['images_per_sec']:,.0f}" + (f" ({speed:.2f}x)" if speed else "")
+
+
+def _latency_section(rows: list[dict]) -> list[str]:
+    lines = [
+        "## Latency",
+        "",
+        "| Row | Batch | p50 ms | p90 ms | p99 ms | mean ms | images/s | speedup | peak memory MB | iterations | copies |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for entry in row.get("latency", []):
+            if entry["status"] != "ok":
+                lines.append(f"| `{row['name']}` | {entry['batch_size']} | **{entry['status']}**: {entry.get('message') or ''} |||||||||")
                 continue
-            by_size = {e["batch_size"]: e for e in row["latency"]}
-            cells = []
-            for size in sizes:
-                entry = by_size.get(size)
-                if entry is None:
-                    cells.append("–")
-                elif entry["status"] != "ok":
-                    cells.append(entry["status"].upper())
-                else:
-                    speed = entry.get("speedup_vs_baseline")
-                    cells.append(f"{entry['images_per_sec']:,.0f}" + (f" ({speed:.2f}x)" if speed else ""))
-            lines.append(f"| `{row['name']}` | " + " | ".join(cells) + " |")
-        lines.append("")
+            memory = f"{_fmt(entry.get('peak_memory_mb'), '.0f')} ({'CUDA alloc' if entry.get('memory_kind') == 'cuda_allocated' else 'RSS'})"
+            lines.append(
+                f"| `{row['name']}` | {entry['batch_size']} | {entry['p50_ms']:.3f} | {entry['p90_ms']:.3f} | {entry['p99_ms']:.3f} | "
+                f"{entry['mean_ms']:.3f} | {entry['images_per_sec']:,.0f} | {_fmt(entry.get('speedup_vs_baseline'), '.2f')}x | "
+                f"{memory} | {entry['iterations']} | {entry['host_device_copies']} |"
+            )
+    return lines + [""]
 
-        lines += ["## Latency", ""]
-        lines += [
-            "| Row | Batch | p50 ms | p90 ms | p99 ms | mean ms | images/s | speedup | peak memory MB | iterations | copies |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for row in rows:
-            for entry in row.get("latency", []):
-                if entry["status"] == "ok":
-                    memory = f"{_fmt(entry.get('peak_memory_mb'), '.0f')} ({'CUDA alloc' if entry.get('memory_kind') == 'cuda_allocated' else 'RSS'})"
-                    lines.append(
-                        f"| `{row['name']}` | {entry['batch_size']} | {entry['p50_ms']:.3f} | {entry['p90_ms']:.3f} | {entry['p99_ms']:.3f} | "
-                        f"{entry['mean_ms']:.3f} | {entry['images_per_sec']:,.0f} | {_fmt(entry.get('speedup_vs_baseline'), '.2f')}x | "
-                        f"{memory} | {entry['iterations']} | {entry['host_device_copies']} |"
-                    )
-                else:
-                    lines.append(f"| `{row['name']}` | {entry['batch_size']} | **{entry['status']}**: {entry.get('message') or ''} |||||||||")
-        lines.append("")
 
-    lines += _int8_scheme_note(rows)
-
-    lines += ["## Rows and their settings", ""]
+def _settings_section(rows: list[dict]) -> list[str]:
+    lines = ["## Rows and their settings", ""]
     for row in rows:
         lines.append(f"- `{row['name']}` ({row['backend']}, {row['precision']}, {row['device']}): {_describe_settings(row)}")
-    lines.append("")
+    return lines + [""]
 
+
+def _failed_section(rows: list[dict]) -> list[str]:
     problems = [row for row in rows if row["status"] != "ok"]
-    if problems:
-        lines += ["## Failed rows", ""]
-        for row in problems:
-            lines.append(f"- `{row['name']}` **{row['status']}**: {row['reason']}")
-        lines.append("")
+    if not problems:
+        return []
+    return ["## Failed rows", ""] + [f"- `{row['name']}` **{row['status']}**: {row['reason']}" for row in problems] + [""]
 
-    pipeline = results.get("pipeline")
-    if pipeline:
-        lines += ["## Pipeline stages", "", "| Stage | Status | Detail |", "|---|---|---|"]
-        for stage in pipeline["stages"]:
-            lines.append(f"| {stage['name']} | {stage['status']} | {stage.get('reason') or ''} |")
-        lines.append("")
 
-    verification = results.get("verification")
-    lines += ["## Verification", ""]
+def _pipeline_section(pipeline: dict | None) -> list[str]:
+    """The stages of ``resnet-deploy pipeline`` when it wrote the results (absent for a plain bench)."""
+    if not pipeline:
+        return []
+    lines = ["## Pipeline stages", "", "| Stage | Status | Detail |", "|---|---|---|"]
+    for stage in pipeline["stages"]:
+        lines.append(f"| {stage['name']} | {stage['status']} | {stage.get('reason') or ''} |")
+    return lines + [""]
+
+
+def _verification_section(verification: dict | None, interrupted: bool) -> list[str]:
+    lines = ["## Verification", ""]
     if verification is None and interrupted:
         lines.append("Not run: the benchmark was interrupted, so its rows are incomplete.")
     elif verification is None:
@@ -277,10 +310,7 @@ def render_markdown(results: dict, plots: bool = True) -> str:
         else:
             lines.append(f"**FAILED** ({len(verification['failures'])}):")
             lines += [f"- {failure['message']}" for failure in verification["failures"]]
-    lines.append("")
-    if plots:
-        lines += ["## Plots", "", "![latency vs batch size](latency_vs_batch.png)", "", "![accuracy vs throughput](accuracy_vs_throughput.png)", ""]
-    return "\n".join(lines)
+    return lines + [""]
 
 
 def skipped_summary(rows: list[dict], code: bool = False) -> str | None:
