@@ -164,6 +164,18 @@ def test_int8_agrees_with_the_pytorch_int8_model(trained, exports, test_batch, s
     assert agreement(logits, reference) >= INT8_MIN_REFERENCE_AGREEMENT
 
 
+def test_openvino_ir_file_runs_like_its_onnx(exports, test_batch, tmp_path):
+    """An OpenVINO IR (.xml + .bin, what NNCF writes) runs through the same runner: same logits as the
+    ONNX it was saved from, int8 convolutions read back, no Q/DQ scheme to read from it."""
+    path = exports["cpu"] / "model-int8-cpu.onnx"
+    ir = tmp_path / "model-int8-cpu.xml"
+    openvino.save_model(openvino.Core().read_model(str(path)), str(ir), compress_to_fp16=False)
+    runner = OpenVinoRunner(ir, precision="int8", name="openvino-int8-ir", threads=1)
+    np.testing.assert_array_equal(infer(runner, test_batch), infer(OpenVinoRunner(path, precision="int8", threads=1), test_batch))
+    settings = runner.describe()
+    assert settings["int8_convolutions"] == settings["convolutions"] == 19 and "quantization" not in settings
+
+
 def test_int8_bounds_catch_a_wrong_model(exports, test_batch, tmp_path):
     """Negative control: one int8 weight tensor with its sign flipped, run by OpenVINO, misses the bounds
     against ONNX Runtime on the original file."""
