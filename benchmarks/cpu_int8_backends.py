@@ -10,7 +10,10 @@ Rows (each skipped with its reason when its artifact or package is missing):
 * PyTorch FP32 eager (the baseline) and PyTorch int8 (the quantize artifact through Inductor/oneDNN);
 * ONNX Runtime FP32, resnet-deploy's int8 ONNX files (U8S8 ``cpu`` and S8S8 ``tensorrt`` schemes), and
   ONNX Runtime's own ``quantize_static`` model of the same FP32 ONNX and calibration images;
-* OpenVINO FP32, BF16 (where the CPU has it) and int8 on the same ONNX files, for each ``--ov-hints``.
+* OpenVINO FP32, BF16 (where the CPU has it) and int8 on the same ONNX files, for each ``--ov-hints``;
+* OpenVINO's own flow: NNCF's ``nncf.quantize`` on the same FP32 ONNX and calibration images
+  (``stock_flows.nncf_quantize_openvino``), compiled with the same threads and hints as the OpenVINO
+  rows (skipped when nncf is not installed: ``pip install "resnet-deploy[nncf]"``).
 
 Speed: all runners are activated once, then ``--rounds`` rounds each measure every (batch size, row)
 in turn with ``bench.measure_latency``; a shared machine drifts by tens of percent within minutes,
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -36,13 +41,24 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from cpu_latency import stock_int8_onnx  # noqa: E402
-from resnet_deploy.backends import OnnxRuntimeRunner, RunnerOptions, SkippedRunner, build_runners, load_export_manifest  # noqa: E402
+from stock_flows import NNCF_SETTINGS, nncf_quantize_openvino  # noqa: E402
+from resnet_deploy.backends import (  # noqa: E402
+    OnnxRuntimeRunner,
+    OpenVinoRunner,
+    RunnerOptions,
+    SkippedRunner,
+    build_runners,
+    load_export_manifest,
+    openvino_installed,
+)
 from resnet_deploy.bench import BenchSettings, collect_environment, latency_input, measure_latency, run_benchmark  # noqa: E402
 from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
+from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
 
 STOCK_NAME = "onnxruntime-int8-quantize_static"
+NNCF_NAME = "openvino-int8-nncf"  # one row per --ov-hints, "-throughput" appended as for the OpenVINO rows
 BASELINE = "pytorch-fp32"
 
 
@@ -61,10 +77,26 @@ def library_rows(loaded, args, exports, hint: str) -> list:
 
 def stock_row(exports, dataset, normalization, args, workdir: Path):
     """ONNX Runtime's own quantize_static model of the export's FP32 ONNX (same calibration images)."""
-    export_dir, manifest = exports[0]
-    fp32 = next(a["path"] for a in manifest["artifacts"] if a["kind"] == "onnx" and a["precision"] == "fp32")
-    path = stock_int8_onnx(Path(export_dir) / fp32, dataset, normalization, args.calib_size, workdir)
+    path = stock_int8_onnx(fp32_onnx(exports), dataset, normalization, args.calib_size, workdir)
     return OnnxRuntimeRunner(path, precision="int8", name=STOCK_NAME, threads=args.threads)
+
+
+def fp32_onnx(exports) -> Path:
+    export_dir, manifest = exports[0]
+    return Path(export_dir) / next(a["path"] for a in manifest["artifacts"] if a["kind"] == "onnx" and a["precision"] == "fp32")
+
+
+def nncf_rows(exports, dataset, normalization, args, workdir: Path) -> list:
+    """OpenVINO's own flow: NNCF on the export's FP32 ONNX (same calibration images as the other int8
+    flows), one OpenVINO row per hint with the settings of the OpenVINO rows."""
+    names = [NNCF_NAME + ("" if hint == "latency" else f"-{hint}") for hint in args.ov_hints]
+    missing = [package for package in ("nncf", "openvino") if importlib.util.find_spec(package) is None]
+    if missing or not openvino_installed():
+        reason = f"{' and '.join(missing)} not installed (pip install \"resnet-deploy[nncf]\")"
+        return [SkippedRunner(name, "openvino", "int8", "cpu", reason) for name in names]
+    images = calibration_batches(dataset, args.calib_size)
+    path = nncf_quantize_openvino(fp32_onnx(exports), workdir / "nncf-int8.xml", images, normalization, preset=args.nncf_preset)
+    return [OpenVinoRunner(path, precision="int8", name=name, threads=args.threads, hint=hint) for name, hint in zip(names, args.ov_hints)]
 
 
 # ============================================================================================ speed
@@ -141,19 +173,36 @@ def recommendations(rows: list[dict], sizes: list[int], max_drop: float) -> dict
     return result
 
 
+def nncf_version() -> str | None:
+    try:
+        return importlib.metadata.version("nncf")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def is_peer(name: str) -> bool:
+    """A row of another project's int8 flow (not resnet-deploy's int8 model)."""
+    return name == STOCK_NAME or name == NNCF_NAME or name.startswith(NNCF_NAME + "-")
+
+
+def peer_speed(rows: list[dict], peer: str, size: int) -> float | None:
+    """A peer's images/s at ``size``: its fastest row (the NNCF peer has one row per OpenVINO hint)."""
+    speeds = [r["speed"].get(size, {}).get("images_per_sec") for r in rows if r["name"] == peer or r["name"].startswith(peer + "-")]
+    return max((s for s in speeds if s), default=None)
+
+
 def ratios(rows: list[dict], sizes: list[int], max_drop: float, peak: float | None) -> dict:
     """The fastest resnet-deploy int8 path against the peers and the compute-bound estimate."""
-    by_name = {r["name"]: r for r in rows}
     out = {}
     for size in sizes:
-        ours = fastest(rows, size, lambda r: r["precision"] == "int8" and r["name"] != STOCK_NAME and accurate_enough(r, max_drop))
+        ours = fastest(rows, size, lambda r: r["precision"] == "int8" and not is_peer(r["name"]) and accurate_enough(r, max_drop))
         if ours is None:
             continue
         speed = ours["speed"][size]["images_per_sec"]
         entry = {"ours": ours["name"], "images_per_sec": speed}
-        for peer in (STOCK_NAME, "pytorch-int8-x86"):
-            peer_speed = by_name.get(peer, {}).get("speed", {}).get(size, {}).get("images_per_sec")
-            entry[f"vs_{peer}"] = speed / peer_speed if peer_speed else None
+        for peer in (STOCK_NAME, "pytorch-int8-x86", NNCF_NAME):
+            other = peer_speed(rows, peer, size)
+            entry[f"vs_{peer}"] = speed / other if other else None
         entry["vs_compute_bound_estimate"] = speed / peak if peak else None
         out[size] = entry
     return out
@@ -221,7 +270,8 @@ def markdown(report: dict) -> str:
     hw, sw = report["hardware"], report["software"]
     lines += [
         f"{hw['cpu_model']}, {report['settings']['threads']} threads, load average at start {hw.get('load_average')}; "
-        f"torch {sw['torch']}, onnxruntime {sw.get('onnxruntime')}, openvino {sw.get('openvino')}. "
+        f"torch {sw['torch']}, onnxruntime {sw.get('onnxruntime')}, openvino {sw.get('openvino')}"
+        f"{_nncf_note(report['settings'].get('nncf'))}. "
         f"{report['settings']['rounds']} interleaved rounds; figures are medians over rounds. "
         f"Accuracy on {report['dataset']['size']} {report['dataset']['name']} test images.",
         "",
@@ -279,6 +329,12 @@ def _graph_table(graphs: dict) -> list[str]:
     return lines + [""]
 
 
+def _nncf_note(nncf: dict | None) -> str:
+    if not nncf or not nncf.get("version"):
+        return ""
+    return f", nncf {nncf['version']} (preset {nncf['preset']}, target {nncf['target_device']})"
+
+
 def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -300,7 +356,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds per measurement, at least")
     parser.add_argument("--max-time", type=float, default=4.0, help="seconds per measurement, at most")
     parser.add_argument("--ov-hints", default="latency,throughput", help="OpenVINO PERFORMANCE_HINTs to run (comma list)")
-    parser.add_argument("--calib-size", type=int, default=1000, help="calibration images of ONNX Runtime's quantize_static (0: no stock row)")
+    parser.add_argument("--calib-size", type=int, default=1000,
+                        help="calibration images of the peers, ONNX Runtime's quantize_static and NNCF (0: no peer rows)")
+    parser.add_argument("--nncf-preset", default=NNCF_SETTINGS["preset"], choices=["performance", "mixed"],
+                        help="NNCF peer's preset [performance: NNCF's default for ReLU CNNs]")
+    parser.add_argument("--no-nncf", action="store_true", help="leave out the NNCF + OpenVINO peer")
     parser.add_argument("--max-top1-drop", type=float, default=0.5, help="top-1 points below FP32 a recommended path may lose")
     parser.add_argument("--int8-macs-per-cycle-per-core", type=float, default=64.0,
                         help="for the compute-bound estimate (64: one 512-bit VNNI dot product per cycle)")
@@ -340,6 +400,8 @@ def main() -> int:
         runners = [r for hint in args.ov_hints for r in library_rows(loaded, args, exports, hint)]
         if args.calib_size > 0:
             runners.append(stock_row(exports, dataset, loaded.normalization, args, Path(workdir)))
+            if not args.no_nncf:
+                runners.extend(nncf_rows(exports, dataset, loaded.normalization, args, Path(workdir)))
         rows = accuracy_rows(runners, dataset, loaded, batch_size=256)
         measurable = [r for r in runners if not isinstance(r, SkippedRunner) and rows[r.name]["status"] == "ok"]
         active, failed = activate_all(measurable)
@@ -358,7 +420,8 @@ def main() -> int:
         "model": {"name": loaded.spec.name, "checkpoint": str(loaded.path), "sha256": loaded.sha256},
         "dataset": {"name": dataset.name, "size": int(len(dataset.test_images))},
         "settings": {"threads": args.threads, "batch_sizes": args.batch_sizes, "rounds": args.rounds, "min_time": args.min_time,
-                     "max_time": args.max_time, "ov_hints": args.ov_hints, "calib_size": args.calib_size, "max_top1_drop": args.max_top1_drop},
+                     "max_time": args.max_time, "ov_hints": args.ov_hints, "calib_size": args.calib_size, "max_top1_drop": args.max_top1_drop,
+                     "nncf": None if args.no_nncf else {**NNCF_SETTINGS, "preset": args.nncf_preset, "version": nncf_version()}},
         "rows": report_rows,
         "recommendation": recommendations(report_rows, args.batch_sizes, args.max_top1_drop),
         "ratios": ratios(report_rows, args.batch_sizes, args.max_top1_drop, bound["images_per_sec"]),

@@ -1,5 +1,7 @@
-"""ONNX Runtime's own int8 flow, run the way its documentation runs it, for the benchmarks that
-compare resnet-deploy against it (``quantize_accuracy.py`` on accuracy, ``cpu_latency.py`` on speed)."""
+"""The runtimes' own int8 flows, each run the way its documentation runs it, for the benchmarks that
+compare resnet-deploy against them: ONNX Runtime's ``quantize_static`` (``quantize_accuracy.py`` on
+accuracy, ``cpu_latency.py`` and ``cpu_int8_backends.py`` on speed) and OpenVINO's NNCF
+(``cpu_int8_backends.py``)."""
 
 from __future__ import annotations
 
@@ -41,4 +43,27 @@ def onnxruntime_quantize_static(
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8, weight_type=QuantType.QInt8,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else None,
     )
+    return out
+
+
+# NNCF's post-training quantization as its documentation runs it for a ReLU CNN on a CPU: the PERFORMANCE
+# preset (symmetric activations; MIXED, asymmetric activations, is for non-ReLU activations), CPU
+# target device, fast bias correction (its default), one calibration image per dataset item.
+NNCF_SETTINGS = {"preset": "performance", "target_device": "CPU", "fast_bias_correction": True}
+
+
+def nncf_quantize_openvino(fp32_onnx: Path, out: Path, images: np.ndarray, normalization: Normalization, *, preset: str = "performance") -> Path:
+    """OpenVINO's own int8 flow: the FP32 ONNX read by OpenVINO, ``nncf.quantize`` (OpenVINO backend)
+    over ``images`` (all of them: ``subset_size`` is their count), saved as OpenVINO IR ``out``
+    (``.xml`` + ``.bin``, FP32 weights kept: ``compress_to_fp16=False``)."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32_onnx))
+    samples = [normalize(to_tensor_images(images[i : i + 1]), normalization).numpy() for i in range(len(images))]
+    quantized = nncf.quantize(
+        model, nncf.Dataset(samples), preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
+        subset_size=len(samples), fast_bias_correction=NNCF_SETTINGS["fast_bias_correction"],
+    )
+    ov.save_model(quantized, str(out), compress_to_fp16=False)
     return out

@@ -42,9 +42,11 @@ SCHEMES = ("cpu", "tensorrt")
 INT8_MIN_AGREEMENT = 99.0  # % top-1, OpenVINO vs ONNX Runtime
 INT8_MAX_DIFF_FRACTION = 0.1  # max |logit diff| over the largest |logit|
 # % top-1 against the PyTorch int8 model (the export's own gate). Holds on the synthetic model here; on
-# the shipped ResNet20 (1,000 CIFAR-10 test images) OpenVINO reached only 99.0 % (cpu) / 98.9 % (tensorrt)
-# where ONNX Runtime reached 100 %: the CPU plugin fuses each residual Add into the convolution before
-# it, and its logits sit closer to FP32 (99.4 % agreement) than the int8 model's own (98.6 %).
+# the shipped ResNet20 (calibration/r20-ptq-*, 1,000 seeded CIFAR-10 test images) OpenVINO 2026.4 reaches
+# 99.5 % (cpu) / 99.0 % (tensorrt) where ONNX Runtime reaches 100 % / 99.9 %. Cause: when the CPU plugin
+# fuses a residual Add into the convolution before it (sum post-op), it drops the rounding of that
+# convolution's output FakeQuantize (the Q/DQ on the Add's conv input; it keeps the clip): intel_cpu
+# conv.cpp, "drop rounding one special residual pattern". No compile property turns that off.
 INT8_MIN_REFERENCE_AGREEMENT = 99.5
 
 
@@ -162,6 +164,18 @@ def test_int8_agrees_with_the_pytorch_int8_model(trained, exports, test_batch, s
         reference = ExactQDQReference(quantized.module)(torch.from_numpy(test_batch)).numpy()
     logits = infer(OpenVinoRunner(exports[scheme] / f"model-int8-{scheme}.onnx", precision="int8", threads=1), test_batch)
     assert agreement(logits, reference) >= INT8_MIN_REFERENCE_AGREEMENT
+
+
+def test_openvino_ir_file_runs_like_its_onnx(exports, test_batch, tmp_path):
+    """An OpenVINO IR (.xml + .bin, what NNCF writes) runs through the same runner: same logits as the
+    ONNX it was saved from, int8 convolutions read back, no Q/DQ scheme to read from it."""
+    path = exports["cpu"] / "model-int8-cpu.onnx"
+    ir = tmp_path / "model-int8-cpu.xml"
+    openvino.save_model(openvino.Core().read_model(str(path)), str(ir), compress_to_fp16=False)
+    runner = OpenVinoRunner(ir, precision="int8", name="openvino-int8-ir", threads=1)
+    np.testing.assert_array_equal(infer(runner, test_batch), infer(OpenVinoRunner(path, precision="int8", threads=1), test_batch))
+    settings = runner.describe()
+    assert settings["int8_convolutions"] == settings["convolutions"] == 19 and "quantization" not in settings
 
 
 def test_int8_bounds_catch_a_wrong_model(exports, test_batch, tmp_path):

@@ -4,7 +4,8 @@ OpenVINO reads the ONNX file itself (no conversion step, no second artifact to k
 ONNX frontend turns each QuantizeLinear/DequantizeLinear pair into a FakeQuantize, and the CPU plugin
 runs the convolutions between them as int8 kernels (VNNI on CPUs that have it). Both int8 schemes
 work: the ``cpu`` (U8S8) file and the ``tensorrt`` (symmetric S8S8) one, which ONNX Runtime's CPU
-kernels only half fuse.
+kernels only half fuse. An OpenVINO IR file (``.xml`` with its ``.bin``) runs the same way; the CPU
+benchmark's NNCF peer (OpenVINO's own int8 flow) is one.
 
 Every setting that changes the figures is set explicitly and read back from the compiled model
 (``CompiledModel.get_property``) into :meth:`OpenVinoRunner.describe`:
@@ -95,7 +96,9 @@ class OpenVinoRunner(Runner):
             raise UserError(f"ONNX file not found: {self.path}")
         from .onnxruntime import onnx_quantization_scheme
 
-        self.quantization = onnx_quantization_scheme(self.path) if precision == "int8" else None
+        # An OpenVINO IR (.xml, e.g. NNCF's int8 model) has FakeQuantize ops, not Q/DQ: no scheme to read.
+        is_onnx = self.path.suffix == ".onnx"
+        self.quantization = onnx_quantization_scheme(self.path) if precision == "int8" and is_onnx else None
         self.scheme = scheme
         super().__init__(name or _default_name(precision, self.quantization, hint), precision, "cpu", input_name="input")
         self.threads = threads or physical_cores()
