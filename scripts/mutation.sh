@@ -6,6 +6,16 @@
 #   bash scripts/mutation.sh                 # every group (hours on 2 cores: run on a free machine)
 #   bash scripts/mutation.sh sidecar fileio  # some groups
 #   bash scripts/mutation.sh --list          # the groups, their modules and tests
+#   bash scripts/mutation.sh --sample 80     # a seeded random sample of 80 mutants per group
+#   bash scripts/mutation.sh --sample 80 --rerun timeout,survived  # test again those of the sample
+#
+# --sample N tests N mutants drawn at random (seed 0) from each group's mutants instead of all of them
+# (mutmut starts a fresh pytest run, fixtures included, for every mutant: the int8 export tests cost
+# tens of seconds each). mutmut counts a mutant whose tests overrun 15x their clean time as killed
+# ("timeout"); on a loaded machine that can be load, not the mutant: --rerun timeout tests those of
+# the sample again (on a quiet machine) and keeps the rest of its results; --rerun survived tests the
+# survivors again after new tests were written for them. The score of a sample estimates the group's score; its JSON records the sample
+# size, the number of mutants it was drawn from and the Wilson 95% interval of the score.
 #
 # Each group runs in its own copy of the working tree (.mutation/<group>/, git-ignored), with a
 # [mutmut] section added to that copy's setup.cfg, so the repository itself is never mutated and the
@@ -29,7 +39,9 @@ exec "$PY" - "$ROOT" "$@" <<'PYTHON'
 import configparser
 import fnmatch
 import json
+import math
 import os
+import random
 import shlex
 import shutil
 import subprocess
@@ -39,6 +51,21 @@ from pathlib import Path
 
 root = Path(sys.argv[1])
 args = sys.argv[2:]
+sample_size = None
+rerun_statuses = set()
+if "--rerun" in args:
+    at = args.index("--rerun")
+    rerun_statuses = set(args[at + 1].split(",")) if at + 1 < len(args) else set()
+    if not rerun_statuses <= {"timeout", "survived", "no tests", "suspicious"}:
+        sys.exit("--rerun takes a comma-separated list of: timeout, survived, suspicious")
+    del args[at:at + 2]
+if "--sample" in args:
+    at = args.index("--sample")
+    try:
+        sample_size = int(args[at + 1])
+    except (IndexError, ValueError):
+        sys.exit("--sample needs a number of mutants per group")
+    del args[at:at + 2]
 config = configparser.ConfigParser(interpolation=None)
 config.read(root / "scripts" / "mutation.cfg")
 groups = {name.split(":", 1)[1]: config[name] for name in config.sections() if name.startswith("group:")}
@@ -65,6 +92,21 @@ cifar = Path(os.environ.get("RESNET_DEPLOY_TEST_CIFAR10", root.parent / "shared"
 results_dir = root / "benchmarks" / "results" / "mutation"
 results_dir.mkdir(parents=True, exist_ok=True)
 summary = []
+
+
+def mutant_statuses(work, env):
+    listed = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                            capture_output=True, text=True, check=True).stdout
+    pairs = (line.strip().rpartition(": ") for line in listed.splitlines())
+    return {key: status for key, _, status in pairs if key}
+
+
+def wilson(successes, n, z=1.96):
+    # The score's 95% interval when the mutants tested are a sample of the group's.
+    centre = (successes + z * z / 2) / (n + z * z)
+    half = z * math.sqrt(successes * (n - successes) / n + z * z / 4) / (n + z * z)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
 
 for name in chosen:
     section = groups[name]
@@ -95,23 +137,47 @@ for name in chosen:
            "RESNET_DEPLOY_TEST_CIFAR10": str(cifar), "RESNET_DEPLOY_CACHE": str(work / ".cache")}
     print(f"== {name}: mutating {' '.join(modules)}" + (f" ({len(patterns)} function patterns)" if patterns else ""), flush=True)
     started = time.time()
-    subprocess.run([sys.executable, "-m", "mutmut", "run", *patterns], cwd=work, env=env, check=False)
-    listed = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
-                            capture_output=True, text=True, check=True).stdout
+    population = None
+    if sample_size is None:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", *patterns], cwd=work, env=env, check=False)
+    else:
+        # Generate the mutants (and mutmut's test map) without testing any: a filter that matches no
+        # mutant makes `mutmut run` stop right after generation, with an assertion we expect.
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "resnet_deploy.no_such_mutant"], cwd=work, env=env,
+                       check=False, capture_output=True)
+        names = sorted(key for meta in (work / "mutants").rglob("*.py.meta")
+                       for key in json.loads(meta.read_text())["exit_code_by_key"]
+                       if not patterns or any(fnmatch.fnmatch(key, p) for p in patterns))
+        population = len(names)
+        chosen_names = sorted(random.Random(0).sample(names, min(sample_size, population)))
+        print(f"   sample: {len(chosen_names)} of {population} mutants (seed 0)", flush=True)
+        to_run = chosen_names
+        if rerun_statuses:
+            to_run = [key for key, status in mutant_statuses(work, env).items() if key in set(chosen_names) and status in rerun_statuses]
+            print(f"   testing again {len(to_run)} mutants of the sample ({', '.join(sorted(rerun_statuses))})", flush=True)
+        if to_run:
+            subprocess.run([sys.executable, "-m", "mutmut", "run", *to_run], cwd=work, env=env, check=False)
+        patterns_for_results = set(chosen_names)
     statuses = {}
-    for line in listed.splitlines():
-        key, _, status = line.strip().rpartition(": ")
-        if key and (not patterns or any(fnmatch.fnmatch(key, p) for p in patterns)):
+    for key, status in mutant_statuses(work, env).items():
+        if population is not None:
+            if key in patterns_for_results:
+                statuses[key] = status
+        elif key and (not patterns or any(fnmatch.fnmatch(key, p) for p in patterns)):
             statuses[key] = status
     counts = {}
     for status in statuses.values():
         counts[status] = counts.get(status, 0) + 1
     tested = len(statuses) - counts.get("skipped", 0) - counts.get("not checked", 0)
-    score = (counts.get("killed", 0) + counts.get("timeout", 0)) / tested * 100 if tested else None
+    killed = counts.get("killed", 0) + counts.get("timeout", 0)
+    score = killed / tested * 100 if tested else None
     record = {
         "group": name, "modules": modules, "mutant_patterns": patterns, "tests": tests,
         "mutants": len(statuses), "by_status": dict(sorted(counts.items())), "score_percent": None if score is None else round(score, 1),
         "score_definition": "(killed + timeout) / (mutants - skipped - not checked)",
+        "sampled_from": population, "sample_seed": None if population is None else 0,
+        "score_timeouts_as_survivors_percent": None if not tested else round(counts.get("killed", 0) / tested * 100, 1),
+        "score_wilson95_percent": None if not tested else [round(100 * b, 1) for b in wilson(killed, tested)],
         "minutes": round((time.time() - started) / 60, 1),
         "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip(),
         "mutmut": subprocess.run([sys.executable, "-m", "mutmut", "--version"], cwd=work, capture_output=True, text=True).stdout.strip(),
