@@ -52,7 +52,7 @@ from resnet_deploy.backends import (  # noqa: E402
     openvino_installed,
 )
 from resnet_deploy.bench import BenchSettings, collect_environment, latency_input, measure_latency, run_benchmark  # noqa: E402
-from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
+from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
 from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
@@ -342,11 +342,11 @@ def _fmt(value, spec: str) -> str:
 # ============================================================================================ main
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, action="append", help="export directory (manifest.json); repeat for the other int8 scheme")
     parser.add_argument("--quantized", action="append", default=[], help="quantize artifact for the PyTorch int8 (Inductor) row (repeatable)")
-    parser.add_argument("--checkpoint", help="FP32 checkpoint [the one the first export manifest names]")
+    parser.add_argument("--checkpoint", type=resolve_checkpoint, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models) [the one the first export manifest names]")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"))
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--test-subset", type=int, help="accuracy on N seeded test images instead of all")
@@ -367,7 +367,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cpu-ghz", type=float, help="clock for the estimate [/proc/cpuinfo's current clock]")
     parser.add_argument("--label", help="suffix of the results folder name")
     parser.add_argument("--output-root", default=str(REPO / "benchmarks" / "results"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.batch_sizes = sorted({int(b) for b in args.batch_sizes.split(",")})
     args.ov_hints = [h.strip() for h in args.ov_hints.split(",") if h.strip()]
     return args

@@ -3,7 +3,7 @@
 plain56, resnet20 and resnet56, the final figures, and a verdict computed from them.
 
 It reads what training wrote (RUN/metrics.jsonl and RUN/config.json) or a checkpoint's ``history``
-(``*.pt``, e.g. a shipped model), trains nothing. The verdict asks the paper's two questions:
+(``*.pt``, or ``pretrained:NAME`` for a shipped model), trains nothing. The verdict asks the paper's two questions:
 * degradation: does plain56 end with a higher training error AND a higher test error than plain20?
 * residual learning: does resnet56 end with a lower test error than resnet20?
 A run that is missing or has fewer epochs than its config planned is reported as such, and the
@@ -14,7 +14,7 @@ augmented batches (as in the paper's figure), under the recipe's label smoothing
 is a JPEG (q75) copy: absolute errors are not the paper's, the comparison between depths is the point.
 
     python benchmarks/plain_vs_residual.py
-    python benchmarks/plain_vs_residual.py --runs training/plain20,training/plain56,zoo/resnet20.pt,training/resnet56
+    python benchmarks/plain_vs_residual.py --runs training/plain20,training/plain56,pretrained:resnet20,training/resnet56
 """
 
 from __future__ import annotations
@@ -241,10 +241,13 @@ def plot(runs: dict[str, Run], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS), help="comma-separated run directories or checkpoint .pt files")
+    parser.add_argument("--runs", default=",".join(DEFAULT_RUNS),
+                        help="comma-separated run directories or checkpoints with a history: .pt files, or pretrained:NAME (a shipped model)")
     parser.add_argument("--output-dir", help="default benchmarks/results/cpu-<date>")
     args = parser.parse_args(argv)
-    runs = load_runs([Path(part) for part in args.runs.split(",") if part.strip()])
+    from resnet_deploy.checkpoint import resolve_checkpoint  # imports torch: only when a run is read
+
+    runs = load_runs([resolve_checkpoint(part.strip()) for part in args.runs.split(",") if part.strip()])
     result = verdict(runs)
     command = "python benchmarks/plain_vs_residual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     output_dir = Path(args.output_dir or REPO / "benchmarks" / "results" / f"cpu-{datetime.date.today()}")

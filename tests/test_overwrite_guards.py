@@ -1,11 +1,13 @@
 """Output folders holding another run's artifacts are not overwritten (issue #16): `train -o` into a
-run of another setting, `quantize`/`export` into an artifact of another checkpoint exit 2 with one line
-naming the folder, what it holds and --force, and leave the old files byte-identical; --force
-overwrites; re-runs on the same inputs (and `train --resume`) go ahead without it.
+run of another setting, `quantize`/`export` into an artifact of another checkpoint, `bench --name` into
+results of another checkpoint or test set exit 2 with one line naming the folder, what it holds and
+--force, and leave the old files byte-identical; --force overwrites; re-runs on the same inputs (and
+`train --resume`) go ahead without it.
 
 The train test trains a ResNet8 on 64 synthetic images (a few seconds); the quantize and export tests
 stop where the stage would start (the stage replaced by a stub that records the call), since the guard
-runs before it.
+runs before it; the bench test benches FP32 PyTorch accuracy of a ResNet8 on 32 synthetic images, for
+real, so the record the guard reads is the results.json bench writes.
 """
 
 from __future__ import annotations
@@ -186,3 +188,40 @@ def test_export_of_a_second_checkpoint_from_the_same_folder_is_refused(in_tmp, t
     assert invoke("export", last, "--no-tensorrt", "--force").exit_code == 0
     assert export_calls == [best, last, last]
     assert "--force" in invoke("export", "--help").output
+
+
+# ------------------------------------------------------------------------------------------- bench
+
+
+def bench(checkpoint, *extra, test_subset: int = 32):
+    """An accuracy-only FP32 PyTorch bench of a tiny checkpoint into benchmarks/results/tiny (seconds)."""
+    return invoke("bench", "--checkpoint", checkpoint, "--dataset", "synthetic", "--train-subset", "64", "--test-subset", test_subset,
+                  "--backend", "pytorch", "--precision", "fp32", "--no-latency", "--name", "tiny", *extra)
+
+
+def benched_sha256(folder: Path) -> str:
+    return json.loads((folder / "results.json").read_text())["model"]["checkpoint"]["sha256"]
+
+
+def test_bench_into_results_of_another_checkpoint_or_test_set_is_refused(in_tmp, tiny_checkpoints):
+    best, last = tiny_checkpoints
+    results = in_tmp / "benchmarks" / "results" / "tiny"
+    first = bench(best)
+    assert first.exit_code == 0, first.output
+    before = snapshot(results)
+    assert {"results.json", "report.md"} <= set(before)
+
+    refused(bench(last), "benchmarks/results/tiny", "benchmark results",
+            f"checkpoint {best} (sha256 {sha256_file(best)[:12]}), not {last} ({sha256_file(last)[:12]})", "give another --name")
+    refused(bench(best, test_subset=16), "benchmarks/results/tiny", "benchmark results", "test set size 32, not 16")
+    assert snapshot(results) == before
+
+    # The same checkpoint on the same test set again (another choice of rows is the same model re-measured).
+    again = bench(best, "--accuracy-batch-size", "8")
+    assert again.exit_code == 0, again.output
+    assert json.loads((results / "results.json").read_text())["settings"]["accuracy_batch_size"] == 8
+    # --force replaces them with the other checkpoint's.
+    forced = bench(last, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert benched_sha256(results) == sha256_file(last)
+    assert "--force" in invoke("bench", "--help").output

@@ -159,6 +159,18 @@ def test_every_checkpoint_parameter_takes_pretrained_names():
     assert all(isinstance(kind, CheckpointType) for kind in typed.values()), typed
 
 
+def test_benchmark_scripts_take_pretrained_names(monkeypatch):
+    """benchmarks/*.py parse --checkpoint with checkpoint.resolve_checkpoint: pretrained:resnet20 is the
+    shipped file, its sha256 checked (the parser only; nothing is benchmarked)."""
+    monkeypatch.delenv(zoo.ZOO_ENV, raising=False)  # the package's own zoo
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cpu_int8_backends
+
+    args = cpu_int8_backends.parse_args(["--export", "exports/r20", "--checkpoint", "pretrained:resnet20"])
+    assert args.checkpoint.resolve() == (Path(zoo.__file__).parent / "checkpoints" / "resnet20.pt").resolve()
+    assert cpu_int8_backends.parse_args(["--export", "exports/r20", "--checkpoint", "runs/r20/best.pt"]).checkpoint == Path("runs/r20/best.pt")
+
+
 def test_eval_and_quantize_take_a_pretrained_name(tiny_zoo_env, tiny_zoo, synthetic_checkpoint, tmp_path):
     shipped_file = str(tiny_zoo / tiny_zoo_env["file"])
     evaluated = invoke("eval", f"pretrained:{TEST_NAME}", "--dataset", "synthetic", "--test-subset", "64")

@@ -94,20 +94,27 @@ def _benchmark_artifacts(dataset, options, settings: BenchSettings, stop: StopRe
     return results, paths
 
 
+def benched_checkpoint(checkpoint: str | os.PathLike | None, exports: Sequence[tuple[Path, dict]]) -> Path:
+    """The checkpoint a bench measures: the one given, else the one the first export manifest names
+    (as written there, or relative to that export directory). ``exports``: (directory, manifest)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    if not exports:
+        raise UserError("give a checkpoint (--checkpoint) or an export directory (--export) whose manifest names one")
+    first_dir, first = exports[0]
+    named = Path(first["checkpoint"]["path"])
+    if not named.is_file() and (first_dir / named).is_file():
+        named = first_dir / named
+    if not named.is_file():
+        raise UserError(f"the checkpoint {named} named by {first_dir}/manifest.json is not there", hint="pass --checkpoint")
+    return named
+
+
 def _load_matching_checkpoint(checkpoint, exports: list[tuple[Path, dict]]):
-    """The checkpoint given, else the one the first export manifest names; every export must have been
-    made from it (same sha256)."""
+    """The benched checkpoint, loaded; every export must have been made from it (same sha256)."""
     from ..checkpoint import load_checkpoint
 
-    if checkpoint is None:
-        if not exports:
-            raise UserError("give a checkpoint (--checkpoint) or an export directory (--export) whose manifest names one")
-        first_dir, first = exports[0]
-        checkpoint = Path(first["checkpoint"]["path"])
-        if not checkpoint.is_file() and (first_dir / checkpoint).is_file():
-            checkpoint = first_dir / checkpoint
-        if not checkpoint.is_file():
-            raise UserError(f"the checkpoint {checkpoint} named by {first_dir}/manifest.json is not there", hint="pass --checkpoint")
+    checkpoint = benched_checkpoint(checkpoint, exports)
     loaded = load_checkpoint(checkpoint)
     for export_dir, manifest in exports:
         if manifest.get("checkpoint", {}).get("sha256") not in (None, loaded.sha256):

@@ -15,7 +15,7 @@ from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
 from ..pipeline import INT8_TARGETS
 from ..quantize_choices import DEFAULT_METHOD, METHODS
-from .options import CHECKPOINT, dataset_options, echo_json, no_empty_folders_left, parse_int_list
+from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left, parse_int_list, refuse_overwrite, results_differences
 
 
 def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
@@ -166,7 +166,8 @@ def _print_summary(results: dict, paths: dict) -> None:
 @bench_options
 @click.option("--name", "run_name", default="bench", show_default=True, help="Run name: results go to OUTPUT_ROOT/NAME/.")
 @click.option("--output-root", default="benchmarks/results", show_default=True, type=click.Path(), help="Folder holding one folder per run.")
-def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_root, **options):
+@force_option(what="OUTPUT_ROOT/NAME")
+def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_root, force, **options):
     """Accuracy parity and speed of every backend against FP32 PyTorch eager, on this machine.
 
     Runs the full test split through each row (top-1, Δ vs FP32, top-1 agreement, logit differences),
@@ -184,10 +185,15 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
       resnet-deploy bench --export exports/r50 --backend tensorrt --device cuda --cuda-graph --no-copies --data-dir DATA
     Ctrl-C (SIGINT) or SIGTERM stops at the next timed iteration: what was measured is written (rows
     and batch sizes not reached are marked interrupted) and the command exits 130 or 143.
+    Results of another checkpoint or test set already in OUTPUT_ROOT/NAME are not overwritten
+    without --force (exit 2); a re-run of the same checkpoint on the same test set overwrites them.
     Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input,
     130/143 interrupted by SIGINT/SIGTERM (partial results written).
     """
+    from ..backends import load_export_manifest
     from ..bench import benchmark_artifacts, raise_if_failed, raise_if_interrupted
+    from ..bench.run import benched_checkpoint
+    from ..fileio import sha256_file
 
     runner_options, settings, thresholds = make_bench_config(options)
     if checkpoint is None and not export_dirs:
@@ -195,13 +201,18 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     if not run_name or "/" in run_name or run_name in (".", ".."):
         raise UserError(f"--name must be a plain folder name, got {run_name!r}")
     dataset = load_data()
-    with no_empty_folders_left(Path(output_root) / run_name):
+    output_dir = Path(output_root) / run_name
+    benched = benched_checkpoint(checkpoint, [(Path(d), load_export_manifest(d)) for d in export_dirs[:1]])
+    if benched.is_file():  # not a file: benchmark_artifacts refuses it, saying why
+        refuse_overwrite(output_dir, "results.json", results_differences(benched, sha256_file(benched), dataset),
+                         what="benchmark results", force=force, instead="give another --name")
+    with no_empty_folders_left(output_dir):
         results, paths = benchmark_artifacts(
             dataset,
             runner_options,
             settings,
             run_name=run_name,
-            output_dir=Path(output_root) / run_name,
+            output_dir=output_dir,
             checkpoint=checkpoint,
             export_dirs=export_dirs,
             quantized_dirs=quantized_dirs,

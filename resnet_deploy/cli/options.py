@@ -145,6 +145,21 @@ def checkpoint_differences(checkpoint: str | os.PathLike, sha256: str) -> Callab
     return differences
 
 
+def results_differences(checkpoint: str | os.PathLike, sha256: str, dataset: ImageDataset) -> Callable[[dict], list[str]]:
+    """For :func:`refuse_overwrite` on a bench's results.json: results of another checkpoint (its
+    ``model.checkpoint.sha256``) or of another test set (``dataset`` name and size). Which exports,
+    artifacts, backends or settings were benched is not compared: they measure the same model again."""
+    of_checkpoint = checkpoint_differences(checkpoint, sha256)
+    ours = {"name": dataset.name, "size": int(len(dataset.test_images))}
+
+    def differences(recorded: dict) -> list[str]:
+        model = recorded.get("model") if isinstance(recorded.get("model"), dict) else {}
+        theirs = recorded.get("dataset") if isinstance(recorded.get("dataset"), dict) else {}
+        return of_checkpoint(model) + [f"test set {key} {theirs.get(key)!r}, not {value!r}" for key, value in ours.items() if theirs.get(key) != value]
+
+    return differences
+
+
 class CheckpointType(click.ParamType):
     """A checkpoint file, or ``pretrained:NAME`` (a shipped model, its sha256 verified), as a Path.
 
