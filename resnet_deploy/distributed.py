@@ -1,11 +1,12 @@
 """Multi-process training under ``torchrun``: DistributedDataParallel on NCCL (GPUs) or gloo (CPU).
 
-One entry point gives a training loop its rank layout; ``resnet-deploy train`` (``train.train``) is the
-loop that runs under it. Quantization-aware training (``quantize --qat``) shares ``train``'s loop core
-(``loop.py``) but not this: it runs in one process, on the CPU, and takes no context. A loop uses it so:
+One entry point gives a training loop its rank layout; the two loops that run under it are
+``resnet-deploy train`` (``train.train``) and ``resnet-deploy quantize --qat`` (``quantize.qat.quantize_qat``,
+DDP around the PT2E prepared graph module). A loop uses it so:
 
     with context_from_environment(config) as dist:     # rank 0 of 1 outside torchrun
-        state = dist.broadcast_object(state_read_by_rank0)   # resume: every rank gets rank 0's checkpoint
+        device = dist.device_for(config.device)              # cuda:LOCAL_RANK under torchrun on GPUs
+        state = dist.read_on_main(read_checkpoint)           # resume: every rank gets rank 0's checkpoint
         model = dist.wrap(model, config, device)             # DDP (+ synchronised BN with config.sync_bn)
         ... each rank takes rows [rank*B/N, (rank+1)*B/N) of the same global batch B ...
         sums = dist.all_reduce_sum(torch.stack([loss_sum, correct]))   # metrics over all ranks
@@ -96,6 +97,28 @@ class DistributedContext:
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Rank ``src``'s ``obj`` on every rank."""
         return obj
+
+    def device_for(self, name: str) -> torch.device:
+        """The device this rank runs on: ``resolve_device(name)``, and under torchrun on GPUs the
+        GPU of its local rank (``cuda:LOCAL_RANK``, whatever index ``name`` gave)."""
+        device = resolve_device(name)
+        if self.world_size > 1 and device.type == "cuda":
+            return torch.device("cuda", self.local_rank)
+        return device
+
+    def read_on_main(self, read: Callable[[], Any]) -> Any:
+        """``read()`` run on rank 0 and its result given to every rank (no shared filesystem needed).
+        A :class:`UserError` it raises is raised on every rank, so none waits for a peer that gave up."""
+        value, problem = None, None
+        if self.is_main:
+            try:
+                value = read()
+            except UserError as exc:
+                problem = (exc.args[0], exc.hint)
+        value, problem = self.broadcast_object((value, problem))
+        if problem is not None:
+            raise UserError(problem[0], hint=problem[1])
+        return value
 
 
 @dataclass

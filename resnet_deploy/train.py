@@ -248,9 +248,7 @@ def train(
         # A kill -9 mid-write leaves a temporary file next to its target (the target itself is intact):
         # remove those so repeated kills do not fill the disk.
         remove_stale_temporaries(output_dir, _OUTPUT_FILES)
-    device = resolve_device(config.device)
-    if dist.world_size > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
+    device = dist.device_for(config.device)
     state = _read_last_checkpoint(output_dir / "last.pt", resume, dist)
     if state is not None:
         config = _resumed_config(state, config, dataset, output_dir / "last.pt")
@@ -461,15 +459,7 @@ def _read_last_checkpoint(last_path: Path, resume: bool, dist: DistributedContex
     # A torchrun restart (--max-restarts) resumes by itself. Only rank 0 reads the checkpoint; every
     # rank gets its content, so all agree on where to resume and no shared filesystem is needed.
     resume = resume or dist.restart_count > 0
-    state, problem = None, None
-    if dist.is_main and resume and last_path.is_file():
-        try:
-            state = read_checkpoint(last_path)
-        except UserError as exc:
-            problem = (exc.args[0], exc.hint)
-    state, problem = dist.broadcast_object((state, problem))
-    if problem is not None:
-        raise UserError(problem[0], hint=problem[1])
+    state = dist.read_on_main(lambda: read_checkpoint(last_path) if resume and last_path.is_file() else None)
     if resume and state is None:
         log.info(f"--resume: no checkpoint at {last_path}, starting fresh")
     return state

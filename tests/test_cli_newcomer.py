@@ -165,6 +165,7 @@ def test_pipeline_refuses_no_accuracy_and_no_latency(pipeline_stops_at_start):
         (["--batch-size", "64"], "--batch-size"),
         (["--freeze-observers-epoch", "1"], "--freeze-observers-epoch"),
         (["--freeze-bn-epoch", "0"], "--freeze-bn-epoch"),
+        (["--device", "cpu"], "--device"),
         (["--qat", "--no-bias-correction"], "--no-bias-correction"),
         (["--sensitivity-images", "500"], "--sensitivity-images"),
         (["--max-float-layers", "1"], "--max-float-layers"),
@@ -177,6 +178,24 @@ def test_quantize_refuses_options_of_another_mode(arguments, named, newcomer):
     error = result.output.strip().splitlines()
     assert error[0].startswith("error:") and named in error[0], result.output
     assert not (newcomer / "calibration").exists()
+
+
+@pytest.mark.parametrize(
+    "device, says",
+    [("cuda", "no CUDA GPU is available"), ("cuda:1", "no CUDA GPU is available"), ("meta", "is not supported"), ("gpu0", "is not a device")],
+)
+def test_quantize_qat_refuses_a_device_it_cannot_run_on(device, says, newcomer, monkeypatch):
+    """--qat --device: train's device parser, asked before the checkpoint or the data are loaded
+    (torch.cuda.is_available patched, so a GPU machine sees what a CPU-only one does)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = invoke("quantize", "pretrained:resnet20", *SYNTHETIC, "--qat", "--device", device, "-o", "q")
+    assert result.exit_code == 2, result.output
+    error = result.output.strip().splitlines()
+    assert error[0].startswith("error: --device") and says in error[0], result.output
+    assert all(line.strip().startswith("hint:") for line in error[1:]), result.output  # one line, and its hint at most
+    assert "Traceback" not in result.output and not (newcomer / "q").exists()
 
 
 # -------------------------------------------------------------------------- 5. pipeline --verify

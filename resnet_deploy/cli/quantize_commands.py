@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from . import logs
 from ..errors import UserError
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
 from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
@@ -49,6 +51,9 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
 @click.option("--freeze-bn-epoch", default=1, show_default=True, type=int,
               help="QAT: from this epoch (0-based) on, BatchNorm statistics stop updating.")
 @click.option("--resume", is_flag=True, help="QAT: continue from OUTPUT/qat_state.pt after an interruption.")
+@click.option("--device", default="cpu", show_default=True,
+              help="QAT: where the fine-tuning runs: auto (a CUDA GPU if there is one, else cpu), cpu, cuda, cuda:N; "
+              "under torchrun on GPUs each rank takes cuda:LOCAL_RANK. Calibration and the int8 conversion stay on the CPU.")
 @click.option("--sensitivity", is_flag=True, help="Also rank layers by the accuracy they lose when quantized "
               "and write sensitivity.json with a mixed-precision plan.")
 @click.option("--sensitivity-mode", type=click.Choice(["only", "leave-out"]), default="only", show_default=True,
@@ -59,7 +64,7 @@ def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
               help="Sensitivity: at most this many layers in the mixed-precision plan.")
 @force_option(what="the artifact directory")
 def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, bias_correction, output, run_name, eval_batch_size,
-             qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, sensitivity, sensitivity_mode,
+             qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, device, sensitivity, sensitivity_mode,
              sensitivity_images, max_float_layers, force):
     """Quantize CHECKPOINT to int8 and measure it against FP32 on the full test split.
 
@@ -68,15 +73,18 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     zero-point). Loading it with a different checkpoint is refused. A directory holding an artifact
     of another checkpoint is not overwritten without --force; one of the same checkpoint is.
 
+    --qat also runs under torchrun (DistributedDataParallel, each rank on its slice of the global
+    --batch-size, rank 0 writes the artifact), as train does.
+
     \b
     Examples:
       resnet-deploy quantize runs/r20/best.pt --data-dir ../shared/datasets/cifar10-jpeg.tar.xz
       resnet-deploy quantize runs/r20/best.pt --target cpu --method percentile --data-dir DATA
       resnet-deploy quantize runs/r20/best.pt --keep-float first,last --data-dir DATA
       resnet-deploy quantize runs/r20/best.pt --qat --epochs 3 --lr 1e-3 --data-dir DATA
+      resnet-deploy quantize runs/r20/best.pt --qat --device cuda --data-dir DATA
       resnet-deploy quantize runs/r20/best.pt --sensitivity --data-dir DATA
     """
-    from ..checkpoint import check_dataset_matches, load_checkpoint
     from .. import quantize as quantize_stage
 
     if qat and sensitivity:
@@ -89,28 +97,22 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     _refuse_given(SENSITIVITY_ONLY, unless=sensitivity, why="only --sensitivity reads {options}", hint="add --sensitivity, or drop {options}")
     _refuse_given(("percentile",), unless=method == "percentile", why=f"{{options}} is read by --method percentile only, not {method}",
                   hint="add --method percentile, or drop {options}")
+    _check_device(qat, device)
     keep = [part.strip() for part in keep_float.split(",") if part.strip()]
     name = run_name or default_run_name(checkpoint, target, qat)
     if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
         raise UserError(f"--run-name must be a plain directory name, got {run_name!r}")
     output_dir = Path(output) if output else Path("calibration") / name
     load_data.check()
-    loaded = load_checkpoint(checkpoint)
-    refuse_overwrite(output_dir, "manifest.json", checkpoint_differences(checkpoint, loaded.sha256), what="a quantize artifact",
-                     force=force, instead="choose another --output or --run-name")
-    dataset = load_data()
-    check_dataset_matches(loaded, dataset.classes, dataset.name)
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     common = dict(target=target, method=method, calib_size=calib_size, keep_float=keep, percentile=percentile,
                   eval_batch_size=eval_batch_size, command=command)
-    with no_empty_folders_left(output_dir):
-        if qat:
-            metrics = quantize_stage.quantize_qat(
-                loaded, dataset, output_dir, epochs=epochs, lr=lr, batch_size=batch_size,
-                freeze_observers_epoch=freeze_observers_epoch, freeze_bn_epoch=freeze_bn_epoch, resume=resume, **common,
-            )
-        else:
-            metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, bias_correction=bias_correction, **common)
+    qat_options = dict(epochs=epochs, lr=lr, batch_size=batch_size, freeze_observers_epoch=freeze_observers_epoch,
+                       freeze_bn_epoch=freeze_bn_epoch, resume=resume, device=device) if qat else None
+    with _rank_layout(qat, device) as dist:
+        loaded, dataset, metrics = _quantize_as_rank(dist, checkpoint, load_data, output_dir, force, qat_options, bias_correction, common)
+    if not dist.is_main:
+        return  # rank 0 writes the artifact and prints the result
     result = {"artifact": str(output_dir), "target": target, "method": method, **_headline(metrics)}
     if sensitivity:
         report = quantize_stage.sensitivity_analysis(
@@ -121,8 +123,44 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     echo_json(result)
 
 
+def _quantize_as_rank(dist, checkpoint, load_data, output_dir: Path, force: bool, qat_options: dict | None, bias_correction: bool, common: dict):
+    """Load the checkpoint and data, refuse another run's folder, quantize (QAT with ``qat_options``,
+    else PTQ); returns (loaded, dataset, metrics). Under torchrun every rank runs it, rank 0 writes."""
+    from ..checkpoint import check_dataset_matches, load_checkpoint
+    from .. import quantize as quantize_stage
+
+    if not dist.is_main:
+        logs.quiet()
+    loaded = load_checkpoint(checkpoint)
+    refuse_overwrite(output_dir, "manifest.json", checkpoint_differences(checkpoint, loaded.sha256), what="a quantize artifact",
+                     force=force, instead="choose another --output or --run-name")
+    dataset = load_data()
+    check_dataset_matches(loaded, dataset.classes, dataset.name)
+    with no_empty_folders_left(output_dir if dist.is_main else None):
+        if qat_options is not None:
+            metrics = quantize_stage.quantize_qat(loaded, dataset, output_dir, dist=dist, **qat_options, **common)
+        else:
+            metrics = quantize_stage.quantize_ptq(loaded, dataset, output_dir, bias_correction=bias_correction, **common)
+    return loaded, dataset, metrics
+
+
+def _check_device(qat: bool, device: str) -> None:
+    """--device cuda without a GPU (or not a device at all) is refused before anything is loaded."""
+    if qat:
+        from ..loop import resolve_device
+
+        resolve_device(device)
+
+
+def _rank_layout(qat: bool, device: str):
+    """QAT: torchrun's rank layout (rank 0 of 1 outside torchrun), as train's. PTQ: one process."""
+    from ..distributed import DistributedContext, context_from_environment
+
+    return context_from_environment(device=device) if qat else contextlib.nullcontext(DistributedContext())
+
+
 # Options that only one mode reads: given in another mode they would be silently ignored.
-QAT_ONLY = ("epochs", "lr", "batch_size", "freeze_observers_epoch", "freeze_bn_epoch", "resume")
+QAT_ONLY = ("epochs", "lr", "batch_size", "freeze_observers_epoch", "freeze_bn_epoch", "resume", "device")
 PTQ_ONLY = ("bias_correction",)
 SENSITIVITY_ONLY = ("sensitivity_mode", "sensitivity_images", "max_float_layers")
 

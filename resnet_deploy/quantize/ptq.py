@@ -156,14 +156,18 @@ def check_run(
     percentile: float,
     calib_size: int,
     needed_bytes: int,
+    output_checks: bool = True,
 ) -> tuple:
     """The checks PTQ and QAT make before any work (target, method, dataset, calibration size, a
     writable output folder with room); clears the temporaries a killed run left there, since the
-    artifact folder is ours alone. Returns the int8 scheme and the output folder."""
+    artifact folder is ours alone. Returns the int8 scheme and the output folder. ``output_checks``
+    False (QAT's ranks other than 0, which write nothing): the folder is left alone."""
     scheme = scheme_for(target)
     calibration.check_method(method, percentile)
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     check_calib_size(calib_size, dataset)
+    if not output_checks:
+        return scheme, Path(output_dir)
     output_dir = ensure_writable_dir(output_dir, needed_bytes=needed_bytes, what="--output")
     remove_stale_temporaries(output_dir)
     return scheme, output_dir

@@ -11,10 +11,19 @@ fixed, and from ``freeze_bn_epoch`` on BatchNorm uses its running statistics (th
 against exactly the arithmetic it will be deployed with).
 
 The fine-tuning runs on ``train``'s loop core (``resnet_deploy.loop``: seeded batch order, augmentation,
-optimizer step, partial metrics, stop and resume), in one process on the CPU. Resumable like training:
-every random draw depends on (seed, epoch, step); ``qat_state.pt`` is written after each epoch and, on
-SIGINT/SIGTERM, at the next batch boundary; ``resume=True`` continues from it and gives the same weights
-as an uninterrupted run.
+optimizer step, partial metrics, stop and resume) on ``device`` (the CPU by default), and under torchrun
+with ``train``'s rank layout (``resnet_deploy.distributed``): DistributedDataParallel around the prepared
+graph module, each rank on its slice of the same global batch, only rank 0 writing. Capture, calibration
+and ``convert_pt2e`` stay on the CPU whatever the device (the calibration histograms are numpy), so the
+artifact is the same CPU program either way. With more than one rank, BatchNorm in training mode
+normalises with each rank's own slice (in the graph BN is an op, so it cannot be synchronised) and the
+activation ranges follow rank 0's slice (DDP broadcasts rank 0's buffers before each forward); once BN
+and the observers are frozen, the ranks compute exactly one process's step.
+
+Resumable like training: every random draw depends on (seed, epoch, step); ``qat_state.pt`` is written
+after each epoch and, on SIGINT/SIGTERM, at the next batch boundary; ``resume=True`` (or a torchrun
+restart) continues from it and gives the same weights as an uninterrupted run. A state saved by any
+number of ranks or on any device resumes on any other.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import torch
 
 from ..checkpoint import LoadedModel
 from ..data import ImageDataset, normalize, to_tensor_images
+from ..distributed import DistributedContext
 from ..errors import UserError
 from ..fileio import torch_load_safe, torch_save_atomic
 from ..loop import (
@@ -43,6 +53,7 @@ from ..loop import (
     partial_loss,
     partial_top1,
     steps_per_epoch,
+    sums_over_ranks,
     train_one_epoch,
 )
 from ..signals import StopRequest
@@ -113,12 +124,19 @@ def quantize_qat(
     eval_batch_size: int = 500,
     evaluate: bool = True,
     command: str | None = None,
+    device: str = "cpu",
+    dist: DistributedContext | None = None,
 ) -> dict:
-    """Quantization-aware fine-tuning of ``loaded`` for ``target``; writes the same artifact as
+    """Quantization-aware fine-tuning of ``loaded`` for ``target`` on ``device`` (auto, cpu, cuda,
+    cuda:N), as rank ``dist`` (one process by default); writes the same artifact as
     :func:`quantize_ptq` (plus ``qat_state.pt`` for ``resume``) and returns its metrics, which include
-    the per-epoch training history."""
+    the per-epoch training history. Ranks other than 0 write nothing and return ``{}``."""
     require_torchao()
-    scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=32 << 20)
+    dist = dist or DistributedContext()
+    scheme, output_dir = check_run(
+        loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=32 << 20, output_checks=dist.is_main
+    )
+    target_device = dist.device_for(device)
     config = QatConfig(
         target=target, method=method, percentile=percentile, calib_size=calib_size,
         keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), epochs=epochs, lr=lr,
@@ -127,14 +145,18 @@ def quantize_qat(
     )
     config.validate()
     state_path = output_dir / STATE_FILE
-    state = _read_state(state_path, loaded) if resume and state_path.is_file() else None
+    resume = resume or dist.restart_count > 0  # a torchrun restart resumes by itself, as train does
+    state = dist.read_on_main(lambda: _read_state(state_path, loaded) if resume and state_path.is_file() else None)
     if resume and state is None:
         log.info(f"--resume: no QAT state at {state_path}, starting fresh")
     if state is not None:
         config = _resumed_config(state, epochs)
-    run = _start_run(loaded, dataset, scheme, config, state, state_path)
+    _check_ranks(config.batch_size, dist.world_size)
+    run = _start_run(loaded, dataset, scheme, config, state, state_path, target_device, dist)
     tic_all = time.perf_counter()
     _fine_tune(run)
+    if not dist.is_main:
+        return {}
     return _convert_and_finish(run, dataset, output_dir, scheme, tic_all, eval_batch_size, evaluate, command)
 
 
@@ -144,15 +166,18 @@ class _QatRun:
 
     loaded: LoadedModel
     config: QatConfig
-    prepared: torch.fx.GraphModule
+    prepared: torch.fx.GraphModule  # unwrapped: the optimizer, the state file and convert use it
     batches: SeededBatches
-    optimization: Optimization
+    optimization: Optimization  # its model is the DDP wrapper under torchrun
     state: LoopState
     state_path: Path
+    dist: DistributedContext
     calibration_seconds: float = 0.0
 
     def save_state(self, epoch: int, step: int) -> None:
-        """qat_state.pt at batch ``step`` of ``epoch``."""
+        """qat_state.pt at batch ``step`` of ``epoch``, written by rank 0 only."""
+        if not self.dist.is_main:
+            return
         torch_save_atomic(
             {
                 "format": STATE_FORMAT,
@@ -181,8 +206,41 @@ def _resumed_config(state: dict, epochs: int) -> QatConfig:
     return config
 
 
-def _start_run(loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatConfig, state: dict | None, state_path: Path) -> _QatRun:
-    """The prepared QAT model (calibrated, or the state's), optimizer and loop position."""
+def _check_ranks(batch_size: int, world_size: int) -> None:
+    if batch_size % world_size:
+        raise UserError(f"--batch-size {batch_size} must be divisible by the number of ranks ({world_size})")
+
+
+def _start_run(
+    loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatConfig, state: dict | None, state_path: Path,
+    device: torch.device, dist: DistributedContext,
+) -> _QatRun:
+    """The prepared QAT model (calibrated, or the state's) on ``device``, optimizer and loop position."""
+    prepared, calibration_seconds = _prepared_model(loaded, dataset, scheme, config, state)
+    prepared.to(device)
+    train_model = dist.wrap(prepared, config, device)  # config has no sync_bn: DDP broadcasts rank 0's buffers
+    optimization = _build_optimization(prepared, train_model, config, len(dataset.train_images), device)
+    loop_state = LoopState.from_payload(state)
+    if state is not None:
+        optimization.restore(state)
+        calibration_seconds = state.get("calibration_seconds", 0.0)
+        log.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
+    train_images = to_tensor_images(dataset.train_images, device)
+    train_labels = torch.from_numpy(dataset.train_labels).to(device)
+    batches = SeededBatches(
+        train_images, train_labels, config.batch_size, config.seed, loaded.normalization, device, rank=dist.rank, world_size=dist.world_size
+    )
+    run = _QatRun(loaded, config, prepared, batches, optimization, loop_state, state_path, dist, calibration_seconds)
+    if state is None and dist.max_restarts > 0:
+        # Under torchrun with restarts, a restart before the first epoch ends must find this run's
+        # starting state, never a qat_state.pt left in OUTPUT by an earlier run.
+        run.save_state(0, 0)
+    return run
+
+
+def _prepared_model(loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatConfig, state: dict | None) -> tuple[torch.fx.GraphModule, float]:
+    """The prepared graph module on the CPU, calibrated (or holding the state's weights and ranges),
+    and the seconds calibration took. Every rank builds the same one (DDP checks it)."""
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
@@ -197,36 +255,31 @@ def _start_run(loaded: LoadedModel, dataset: ImageDataset, scheme, config: QatCo
     else:
         prepared.load_state_dict(state["model"])
     _finish_calibration(prepared)
-    optimization = _build_optimization(prepared, config, len(dataset.train_images))
-    loop_state = LoopState.from_payload(state)
-    if state is not None:
-        optimization.restore(state)
-        calibration_seconds = state.get("calibration_seconds", 0.0)
-        log.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
-    train_images = to_tensor_images(dataset.train_images)
-    train_labels = torch.from_numpy(dataset.train_labels)
-    batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, loaded.normalization, torch.device("cpu"))
-    return _QatRun(loaded, config, prepared, batches, optimization, loop_state, state_path, calibration_seconds)
+    return prepared, calibration_seconds
 
 
-def _build_optimization(prepared: torch.fx.GraphModule, config: QatConfig, num_train: int) -> Optimization:
+def _build_optimization(
+    prepared: torch.fx.GraphModule, train_model: torch.nn.Module, config: QatConfig, num_train: int, device: torch.device
+) -> Optimization:
     """SGD (no weight decay on BN and biases) with a cosine decay over the whole run, in fp32."""
     groups = decay_groups(prepared.named_parameters(), config.weight_decay)
     optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     total_steps = config.epochs * steps_per_epoch(num_train, config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / total_steps))))
-    scaler = torch.amp.GradScaler("cpu", enabled=False)  # fp32: a pass-through
-    return Optimization(prepared, optimizer, scheduler, scaler, "cpu", what="QAT", divergence_hint="lower --lr")
+    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp32: a pass-through
+    return Optimization(train_model, optimizer, scheduler, scaler, device.type, what="QAT", divergence_hint="lower --lr")
 
 
 def _fine_tune(run: _QatRun) -> None:
     """The QAT epochs left: BN frozen from ``freeze_bn_epoch``, ranges from ``freeze_observers_epoch``."""
     from torchao.quantization.pt2e import disable_observer, move_exported_model_to_eval, move_exported_model_to_train
 
-    config, history = run.config, run.state.history
+    config, history, dist = run.config, run.state.history, run.dist
+    # One process keeps its Python-float sums (its history stays bit for bit as it was); ranks add theirs up.
+    count = local_sums if dist.world_size == 1 else sums_over_ranks(dist, config.batch_size)
     loop = EpochLoop(
-        run.batches, run.optimization, count=local_sums, save_stopped=run.save_state, saved_to=run.state_path,
-        epochs=config.epochs, label="QAT epoch", show_rate=False,
+        run.batches, run.optimization, count=count, save_stopped=run.save_state, saved_to=run.state_path,
+        epochs=config.epochs, label="QAT epoch", show_rate=False, hooks=[dist.step_hook] if dist.step_hook else [],
     )
     with StopRequest() as stop:
         for epoch, first_step in epochs_to_run(run.state, config.epochs):
@@ -261,6 +314,7 @@ def _convert_and_finish(
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     config, history = run.config, run.state.history
+    run.prepared.to("cpu")  # converted and saved on the CPU, as PTQ's: the same artifact from any device
     move_exported_model_to_eval(run.prepared)
     converted = convert_pt2e(run.prepared)
     timings = {
