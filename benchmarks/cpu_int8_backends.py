@@ -36,8 +36,16 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from cpu_latency import stock_int8_onnx  # noqa: E402
-from resnet_deploy.backends import OnnxRuntimeRunner, RunnerOptions, SkippedRunner, build_runners, load_export_manifest  # noqa: E402
-from resnet_deploy.bench import BenchSettings, collect_environment, latency_input, measure_latency, run_benchmark  # noqa: E402
+from resnet_deploy.backends import OnnxRuntimeRunner, RunnerOptions, SkippedRunner  # noqa: E402
+from resnet_deploy.bench import (  # noqa: E402
+    BenchSettings,
+    build_runners,
+    collect_environment,
+    latency_input,
+    load_exports,
+    measure_latency,
+    run_benchmark,
+)
 from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
@@ -314,7 +322,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def load_inputs(args):
-    exports = [(Path(d), load_export_manifest(d)) for d in args.export]
+    exports = load_exports(args.export)
     checkpoint = args.checkpoint or exports[0][1]["checkpoint"]["path"]
     loaded = load_checkpoint(checkpoint)
     dataset = load_dataset(args.dataset, args.data_dir)
