@@ -162,31 +162,20 @@ def make_quantizer(
 
 def activation_quantization_spec(scheme: Int8Scheme, observer):
     """Per-tensor activations in the scheme's integer type and range."""
-    from torchao.quantization.pt2e.quantizer import QuantizationSpec
-
-    low, high = scheme.activation_range
-    return QuantizationSpec(
-        dtype=scheme.activation_dtype,
-        observer_or_fake_quant_ctr=observer,
-        quant_min=low,
-        quant_max=high,
-        qscheme=scheme.activation_qscheme,
-    )
+    return _quantization_spec(scheme.activation_dtype, observer, scheme.activation_range, scheme.activation_qscheme)
 
 
 def weight_quantization_spec(scheme: Int8Scheme, observer):
     """int8 weights, symmetric, per output channel (axis 0)."""
+    return _quantization_spec(torch.int8, observer, scheme.weight_range, torch.per_channel_symmetric, ch_axis=0)
+
+
+def _quantization_spec(dtype: torch.dtype, observer, value_range: tuple[int, int], qscheme: torch.qscheme, **channel_axis):
     from torchao.quantization.pt2e.quantizer import QuantizationSpec
 
-    low, high = scheme.weight_range
-    return QuantizationSpec(
-        dtype=torch.int8,
-        observer_or_fake_quant_ctr=observer,
-        quant_min=low,
-        quant_max=high,
-        qscheme=torch.per_channel_symmetric,
-        ch_axis=0,
-    )
+    low, high = value_range
+    return QuantizationSpec(dtype=dtype, observer_or_fake_quant_ctr=observer, quant_min=low, quant_max=high, qscheme=qscheme,
+                            **channel_axis)
 
 
 def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[str]) -> None:
