@@ -42,16 +42,16 @@ import numpy as np  # noqa: E402
 
 from cpu_latency import stock_int8_onnx  # noqa: E402
 from stock_flows import NNCF_SETTINGS, nncf_quantize_openvino  # noqa: E402
-from resnet_deploy.backends import (  # noqa: E402
-    OnnxRuntimeRunner,
-    OpenVinoRunner,
-    RunnerOptions,
-    SkippedRunner,
+from resnet_deploy.backends import OnnxRuntimeRunner, OpenVinoRunner, RunnerOptions, SkippedRunner, openvino_installed  # noqa: E402
+from resnet_deploy.bench import (  # noqa: E402
+    BenchSettings,
     build_runners,
-    load_export_manifest,
-    openvino_installed,
+    collect_environment,
+    latency_input,
+    load_exports,
+    measure_latency,
+    run_benchmark,
 )
-from resnet_deploy.bench import BenchSettings, collect_environment, latency_input, measure_latency, run_benchmark  # noqa: E402
 from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
@@ -374,7 +374,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def load_inputs(args):
-    exports = [(Path(d), load_export_manifest(d)) for d in args.export]
+    exports = load_exports(args.export)
     checkpoint = args.checkpoint or exports[0][1]["checkpoint"]["path"]
     loaded = load_checkpoint(checkpoint)
     dataset = load_dataset(args.dataset, args.data_dir)

@@ -17,13 +17,13 @@ from resnet_deploy.backends import (
     RunnerOptions,
     SkippedRunner,
     TensorRTRunner,
-    build_runners,
     cuda_unavailable_reason,
     fp32_runner,
     onnx_quantization_scheme,
     physical_cores,
 )
 from resnet_deploy.backends.base import NonFiniteOutputError, check_finite
+from resnet_deploy.bench import build_runners
 from resnet_deploy.errors import UserError
 from resnet_deploy.models import create_model
 

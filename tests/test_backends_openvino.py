@@ -27,9 +27,9 @@ from resnet_deploy.backends import (  # noqa: E402
     OpenVinoRunner,
     RunnerOptions,
     SkippedRunner,
-    build_runners,
 )
 from resnet_deploy.backends import openvino as ov_backend  # noqa: E402
+from resnet_deploy.bench import build_runners  # noqa: E402
 from resnet_deploy.checkpoint import load_checkpoint  # noqa: E402
 from resnet_deploy.cli import main  # noqa: E402
 from resnet_deploy.data import normalize, to_tensor_images  # noqa: E402
@@ -252,10 +252,10 @@ def test_build_runners_rows(trained, exports):
 
 
 def test_missing_openvino_is_named_with_the_install_line(trained, exports, monkeypatch, tmp_path):
-    import resnet_deploy.backends as backends
+    import resnet_deploy.bench.runners as bench_runners
 
     loaded, _, checkpoint = trained
-    monkeypatch.setattr(backends, "openvino_installed", lambda: False)
+    monkeypatch.setattr(bench_runners, "openvino_installed", lambda: False)
     with pytest.raises(MissingDependencyError, match="pip install openvino"):
         build_runners(loaded.model, RunnerOptions(backends=["openvino"]), exports=manifests(exports))
     everything = build_runners(loaded.model, RunnerOptions(), exports=manifests(exports))

@@ -198,60 +198,80 @@ def onnx_quantization_scheme(path: str | Path) -> dict | None:
     "format": "QDQ"|"QOperator", "activation_zero_points": "zero"|"nonzero"}`` or None without int8 nodes.
     """
     import onnx
-    from onnx import numpy_helper
 
-    model = onnx.load(str(path), load_external_data=False)
-    graph = model.graph
-    initializers = {init.name: init for init in graph.initializer}
-    constants = {}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attribute in node.attribute:
-                if attribute.name == "value":
-                    constants[node.output[0]] = attribute.t
-
-    def tensor(name: str):
-        found = initializers.get(name) or constants.get(name)
-        return numpy_helper.to_array(found) if found is not None else None
-
-    activation_types, weight_types, nonzero = set(), set(), False
-    formats = set()
+    graph = onnx.load(str(path), load_external_data=False).graph
+    found = _IntegerTypes()
+    constants = _GraphConstants(graph)
     for node in graph.node:
         if node.op_type == "QuantizeLinear" and len(node.input) >= 3:
-            formats.add("QDQ")
-            if node.input[0] in initializers or node.input[0] in constants:
-                continue  # a weight quantized in the graph; its type shows on the DequantizeLinear side
-            zero_point = tensor(node.input[2])
-            if zero_point is not None:
-                activation_types.add(str(zero_point.dtype))
-                nonzero |= bool(np.any(zero_point != 0))
+            found.formats.add("QDQ")
+            if not constants.holds(node.input[0]):  # a weight quantized in the graph shows on the DQ side
+                found.add_activation_zero_point(constants.array(node.input[2]))
         elif node.op_type == "DequantizeLinear":
-            formats.add("QDQ")
-            source = tensor(node.input[0])
+            found.formats.add("QDQ")
+            source = constants.array(node.input[0])
             if source is not None and source.ndim >= 2:  # a conv / gemm weight (biases are 1-D)
-                weight_types.add(str(source.dtype))
+                found.weights.add(str(source.dtype))
         elif node.op_type in ("QLinearConv", "QLinearMatMul"):
-            formats.add("QOperator")
-            x_zero, w = tensor(node.input[2]), tensor(node.input[3])
-            if x_zero is not None:
-                activation_types.add(str(x_zero.dtype))
-                nonzero |= bool(np.any(x_zero != 0))
-            if w is not None:
-                weight_types.add(str(w.dtype))
-    if not activation_types and not weight_types:
-        return None
+            found.formats.add("QOperator")
+            found.add_activation_zero_point(constants.array(node.input[2]))
+            weight = constants.array(node.input[3])
+            if weight is not None:
+                found.weights.add(str(weight.dtype))
+    return found.describe()
 
-    def letter(types: set[str]) -> str:
-        if types == {"uint8"}:
-            return "U8"
-        if types == {"int8"}:
-            return "S8"
-        return "mixed" if types else "?"
 
-    return {
-        "activations": ",".join(sorted(activation_types)) or None,
-        "weights": ",".join(sorted(weight_types)) or None,
-        "label": letter(activation_types) + letter(weight_types),
-        "format": ",".join(sorted(formats)),
-        "activation_zero_points": "nonzero" if nonzero else "zero",
-    }
+class _GraphConstants:
+    """The tensors an ONNX graph holds as data: its initializers and its Constant nodes' values."""
+
+    def __init__(self, graph) -> None:
+        self.initializers = {init.name: init for init in graph.initializer}
+        self.constants = {}
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attribute in node.attribute:
+                    if attribute.name == "value":
+                        self.constants[node.output[0]] = attribute.t
+
+    def holds(self, name: str) -> bool:
+        return name in self.initializers or name in self.constants
+
+    def array(self, name: str) -> np.ndarray | None:
+        from onnx import numpy_helper
+
+        found = self.initializers.get(name) or self.constants.get(name)
+        return numpy_helper.to_array(found) if found is not None else None
+
+
+class _IntegerTypes:
+    """What the int8 nodes of a graph use: activation and weight integer types, Q/DQ or QOperator."""
+
+    def __init__(self) -> None:
+        self.activations: set[str] = set()
+        self.weights: set[str] = set()
+        self.formats: set[str] = set()
+        self.nonzero_zero_point = False
+
+    def add_activation_zero_point(self, zero_point: np.ndarray | None) -> None:
+        if zero_point is not None:
+            self.activations.add(str(zero_point.dtype))
+            self.nonzero_zero_point |= bool(np.any(zero_point != 0))
+
+    def describe(self) -> dict | None:
+        if not self.activations and not self.weights:
+            return None
+        return {
+            "activations": ",".join(sorted(self.activations)) or None,
+            "weights": ",".join(sorted(self.weights)) or None,
+            "label": _type_letter(self.activations) + _type_letter(self.weights),
+            "format": ",".join(sorted(self.formats)),
+            "activation_zero_points": "nonzero" if self.nonzero_zero_point else "zero",
+        }
+
+
+def _type_letter(types: set[str]) -> str:
+    if types == {"uint8"}:
+        return "U8"
+    if types == {"int8"}:
+        return "S8"
+    return "mixed" if types else "?"

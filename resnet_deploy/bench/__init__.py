@@ -35,6 +35,8 @@ The modules, one job each (imports run down this list, never up):
 ``memory``    peak-memory probe, out-of-memory recognition
 ``latency``   latency_input, measure_latency, sweep_latency
 ``accuracy``  predict, parity_metrics (:func:`resnet_deploy.compare.compare_logits`), accuracy_metrics
+``artifacts`` export manifests -> the files the rows run (load_export_manifest, merge_exports, ExportedFile)
+``runners``   build_runners: the rows (runners and skips) from the model, quantize artifacts and those files
 ``rows``      run_benchmark: the row driver
 ``verify``    verify_results, apply_verification, raise_if_failed
 ``results``   build_results (environment from :mod:`resnet_deploy.environment`)
@@ -47,11 +49,13 @@ not here: patching ``resnet_deploy.bench.X`` changes only this namespace.
 
 from ..environment import collect_environment
 from .accuracy import accuracy_metrics, parity_metrics, predict
+from .artifacts import ExportedFile, Exports, load_export_manifest, load_exports, merge_exports
 from .latency import latency_input, measure_latency, sweep_latency
 from .memory import is_out_of_memory
 from .results import build_results
 from .rows import run_benchmark
 from .run import benchmark_artifacts
+from .runners import build_runners
 from .settings import RESULTS_FORMAT, RESULTS_VERSION, BenchSettings, Thresholds
 from .stopping import BenchInterrupted, raise_if_interrupted
 from .verify import apply_verification, raise_if_failed, verify_results
@@ -61,15 +65,21 @@ __all__ = [
     "RESULTS_VERSION",
     "BenchInterrupted",
     "BenchSettings",
+    "ExportedFile",
+    "Exports",
     "Thresholds",
     "accuracy_metrics",
     "apply_verification",
     "benchmark_artifacts",
     "build_results",
+    "build_runners",
     "collect_environment",
     "is_out_of_memory",
     "latency_input",
+    "load_export_manifest",
+    "load_exports",
     "measure_latency",
+    "merge_exports",
     "parity_metrics",
     "predict",
     "raise_if_failed",

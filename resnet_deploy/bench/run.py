@@ -9,8 +9,10 @@ from typing import Iterable, Sequence
 
 from ..errors import UserError
 from ..signals import StopRequest
+from .artifacts import load_exports
 from .results import build_results
 from .rows import run_benchmark
+from .runners import build_runners
 from .settings import BenchSettings, Thresholds
 from .stopping import BenchInterrupted
 from .verify import apply_verification
@@ -58,11 +60,10 @@ def benchmark_artifacts(
 
 def _benchmark_artifacts(dataset, options, settings: BenchSettings, stop: StopRequest, *, run_name, output_dir, checkpoint,
                          export_dirs, quantized_dirs, thresholds, command, extra) -> tuple[dict, dict]:
-    from ..backends import build_runners, load_export_manifest
     from ..checkpoint import check_dataset_matches
     from ..report import write_report
 
-    exports = [(Path(d), load_export_manifest(d)) for d in export_dirs]
+    exports = load_exports(export_dirs)
     loaded = _load_matching_checkpoint(checkpoint, exports)
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     runners = build_runners(loaded.model, options, exports=exports, quantized=list(quantized_dirs), checkpoint=loaded.path)

@@ -186,6 +186,36 @@ def export_onnx(
     ``static_batch``. The file gets ``info``'s metadata props. Raises VerificationError when the
     exported graph fails the checks (training-only ops left, wrong names), UserError for bad options.
     """
+    _check_export_options(info, dynamic_batch, static_batch, opset)
+    path = Path(path)
+    start = time.perf_counter()
+    if info.precision in ("fp32", "fp16") and not prepared:
+        module = prepare_for_export(module, info.precision)
+    model_proto = _run_exporter(module, info.precision, TRACE_BATCH if dynamic_batch else static_batch, dynamic_batch, opset)
+    simplifier = None
+    if simplify:
+        model_proto, simplifier = simplify_model(model_proto, keep_qdq=info.precision == "int8")
+    if info.precision == "int8" and info.scheme == "cpu":
+        from .qdq import int32_linear_biases
+
+        int32_linear_biases(model_proto)  # the FC then runs as one QGemm in ONNX Runtime
+    _set_metadata(model_proto, info)
+    checked = _save_checked(model_proto, path, info.precision)
+    return OnnxExport(
+        path=path,
+        precision=info.precision,
+        scheme=info.scheme,
+        dynamic_batch=dynamic_batch,
+        static_batch=None if dynamic_batch else static_batch,
+        opset=_default_opset(checked),
+        sha256=sha256_file(path),
+        simplifier=simplifier,
+        export_seconds=round(time.perf_counter() - start, 3),
+        op_counts=dict(sorted(Counter(node.op_type for node in checked.graph.node).items())),
+    )
+
+
+def _check_export_options(info: ExportInfo, dynamic_batch: bool, static_batch: int | None, opset: int) -> None:
     check_opset(opset)
     if info.precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {info.precision!r}")
@@ -193,13 +223,11 @@ def export_onnx(
         raise UserError(f"int8 export needs a scheme ({', '.join(INT8_SCHEMES)}), got {info.scheme!r}")
     if not dynamic_batch and (static_batch is None or static_batch < 1):
         raise UserError("a static-shape export needs --static-batch N with N >= 1")
-    import onnx
 
-    path = Path(path)
-    start = time.perf_counter()
-    if info.precision in ("fp32", "fp16") and not prepared:
-        module = prepare_for_export(module, info.precision)
-    example = torch.zeros(TRACE_BATCH if dynamic_batch else static_batch, 3, 32, 32)
+
+def _run_exporter(module: nn.Module, precision: str, example_batch: int, dynamic_batch: bool, opset: int):
+    """torch.onnx.export (torch.export-based) of ``module`` on an example batch: the ModelProto."""
+    example = torch.zeros(example_batch, 3, 32, 32)
     dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=65536)},) if dynamic_batch else None
     try:
         with _quiet_exporter(), torch.no_grad():
@@ -216,35 +244,22 @@ def export_onnx(
                 external_data=False,
             )
     except Exception as exc:  # the exporter raises many kinds; all mean the same to the user
-        raise VerificationError(f"ONNX export of the {info.precision} model failed: {str(exc).splitlines()[0]}") from exc
-    model_proto = program.model_proto
-    simplifier = None
-    if simplify:
-        model_proto, simplifier = simplify_model(model_proto, keep_qdq=info.precision == "int8")
-    if info.precision == "int8" and info.scheme == "cpu":
-        from .qdq import int32_linear_biases
+        raise VerificationError(f"ONNX export of the {precision} model failed: {str(exc).splitlines()[0]}") from exc
+    return program.model_proto
 
-        int32_linear_biases(model_proto)  # the FC then runs as one QGemm in ONNX Runtime
-    _set_metadata(model_proto, info)
+
+def _save_checked(model_proto, path: Path, precision: str):
+    """Write ``model_proto`` to ``path`` only if the saved file passes the checker and our graph checks;
+    returns the checked ModelProto read back."""
+    import onnx
+
     with atomic_path(path) as tmp:
         onnx.save_model(model_proto, str(tmp))
         checked = verify_onnx_file(tmp)
-        problems = graph_problems(checked, info.precision)
+        problems = graph_problems(checked, precision)
         if problems:
-            raise VerificationError(f"exported {info.precision} ONNX graph fails checks: {'; '.join(problems)}")
-    opset_found = _default_opset(checked)
-    return OnnxExport(
-        path=path,
-        precision=info.precision,
-        scheme=info.scheme,
-        dynamic_batch=dynamic_batch,
-        static_batch=None if dynamic_batch else static_batch,
-        opset=opset_found,
-        sha256=sha256_file(path),
-        simplifier=simplifier,
-        export_seconds=round(time.perf_counter() - start, 3),
-        op_counts=dict(sorted(Counter(node.op_type for node in checked.graph.node).items())),
-    )
+            raise VerificationError(f"exported {precision} ONNX graph fails checks: {'; '.join(problems)}")
+    return checked
 
 
 def simplify_model(model_proto, keep_qdq: bool = False):

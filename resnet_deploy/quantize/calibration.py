@@ -116,35 +116,13 @@ def _build_histogram_observer():
         def chosen_range(self) -> tuple[float, float]:
             """The (min, max) the scale is computed from, after clipping by ``method``."""
             low, high = float(self.min_val), float(self.max_val)
-            if not math.isfinite(low) or self.histogram.counts.size == 0:
-                return low, high
-            hist = self.histogram
-            if self.method == "minmax":
+            if not math.isfinite(low) or self.histogram.counts.size == 0 or self.method == "minmax":
                 return low, high
             if self.symmetric:
-                limit = max(abs(low), abs(high))
                 levels = (self.quant_max - self.quant_min) / 2
-                if self.method == "percentile":
-                    amax = hist.quantile(self.percentile / 100.0)
-                elif self.method == "entropy":
-                    amax = entropy_threshold(hist.magnitude_counts(), hist.width, 128)
-                else:
-                    amax = mse_threshold_symmetric(hist, levels)
-                amax = min(max(amax, 1e-12), limit)
-                return max(low, -amax), min(high, amax)
+                return _clipped_symmetric_range(self.histogram, self.method, self.percentile, low, high, levels)
             steps = self.quant_max - self.quant_min
-            if self.method == "percentile":
-                tail = 1.0 - self.percentile / 100.0
-                chosen = (hist.quantile(tail) if low < 0 else low, hist.quantile(1.0 - tail) if high > 0 else high)
-            elif self.method == "entropy":
-                if low >= 0:  # one-sided (after a ReLU): all 256 levels on [0, max]
-                    chosen = (low, entropy_threshold(hist.magnitude_counts(), hist.width, steps + 1))
-                else:
-                    amax = entropy_threshold(hist.magnitude_counts(), hist.width, 128)
-                    chosen = (max(low, -amax), min(high, amax))
-            else:
-                chosen = mse_range_affine(hist, steps, low, high)
-            return min(chosen[0], 0.0) if low <= 0 else chosen[0], max(chosen[1], 0.0) if high >= 0 else chosen[1]
+            return _clipped_affine_range(self.histogram, self.method, self.percentile, low, high, steps)
 
         def calculate_qparams(self):
             low, high = self.chosen_range()
@@ -154,6 +132,38 @@ def _build_histogram_observer():
             return f"method={self.method}, min_val={float(self.min_val):.4g}, max_val={float(self.max_val):.4g}"
 
     return RangeHistogramObserver
+
+
+def _clipped_symmetric_range(hist: "_GridHistogram", method: str, percentile: float, low: float, high: float,
+                             levels: float) -> tuple[float, float]:
+    """Symmetric schemes: the clipping magnitude ``method`` picks from the |x| histogram, applied to the
+    observed [low, high] (never wider than it)."""
+    limit = max(abs(low), abs(high))
+    if method == "percentile":
+        amax = hist.quantile(percentile / 100.0)
+    elif method == "entropy":
+        amax = entropy_threshold(hist.magnitude_counts(), hist.width, 128)
+    else:
+        amax = mse_threshold_symmetric(hist, levels)
+    amax = min(max(amax, 1e-12), limit)
+    return max(low, -amax), min(high, amax)
+
+
+def _clipped_affine_range(hist: "_GridHistogram", method: str, percentile: float, low: float, high: float,
+                          steps: int) -> tuple[float, float]:
+    """Asymmetric schemes: the [min, max] ``method`` picks from the histogram of x, widened to hold 0."""
+    if method == "percentile":
+        tail = 1.0 - percentile / 100.0
+        chosen = (hist.quantile(tail) if low < 0 else low, hist.quantile(1.0 - tail) if high > 0 else high)
+    elif method == "entropy":
+        if low >= 0:  # one-sided (after a ReLU): all 256 levels on [0, max]
+            chosen = (low, entropy_threshold(hist.magnitude_counts(), hist.width, steps + 1))
+        else:
+            amax = entropy_threshold(hist.magnitude_counts(), hist.width, 128)
+            chosen = (max(low, -amax), min(high, amax))
+    else:
+        chosen = mse_range_affine(hist, steps, low, high)
+    return min(chosen[0], 0.0) if low <= 0 else chosen[0], max(chosen[1], 0.0) if high >= 0 else chosen[1]
 
 
 class _GridHistogram:

@@ -143,79 +143,91 @@ def make_quantizer(
     keep_float: Iterable[str] = (),
 ):
     """A torchao ``Quantizer`` that places Q/DQ as the module docstring says."""
-    from torchao.quantization.pt2e.quantizer import (
-        QuantizationAnnotation,
-        QuantizationSpec,
-        Quantizer,
-        SharedQuantizationSpec,
-    )
+    from torchao.quantization.pt2e.quantizer import Quantizer
 
-    act_lo, act_hi = scheme.activation_range
-    activation_spec = QuantizationSpec(
-        dtype=scheme.activation_dtype,
-        observer_or_fake_quant_ctr=activation_observer,
-        quant_min=act_lo,
-        quant_max=act_hi,
-        qscheme=scheme.activation_qscheme,
-    )
-    w_lo, w_hi = scheme.weight_range
-    weight_spec = QuantizationSpec(
-        dtype=torch.int8,
-        observer_or_fake_quant_ctr=weight_observer,
-        quant_min=w_lo,
-        quant_max=w_hi,
-        qscheme=torch.per_channel_symmetric,
-        ch_axis=0,
-    )
+    activation_spec = activation_quantization_spec(scheme, activation_observer)
+    weight_spec = weight_quantization_spec(scheme, weight_observer)
     float_layers = frozenset(keep_float)
 
     class _Quantizer(Quantizer):
         def annotate(self, model: GraphModule) -> GraphModule:
-            graph = model.graph
-            quantized_compute = set()
-            for node in graph.nodes:
-                if node.op != "call_function":
-                    continue
-                if node.target in CONV_OPS | LINEAR_OPS and layer_name(node) not in float_layers:
-                    quantized_compute.add(node)
-            # 1. Conv / Linear: input activation and weight.
-            for node in quantized_compute:
-                source, weight = node.args[0], node.args[1]
-                _annotate(node, {source: activation_spec, weight: weight_spec})
-            # 2. ReLU outputs, where a quantized consumer reads them (conv+BN+ReLU fuse: nothing
-            # is quantized between them).
-            for node in graph.nodes:
-                if node.op == "call_function" and node.target in RELU_OPS and _feeds_quantized(node, quantized_compute):
-                    _annotate(node, {}, activation_spec)
-            # 3. Residual adds: both inputs. An input reached through value-preserving ops from a
-            # quantized tensor shares that tensor's scale (the option-A shortcut: slice + zero pad).
-            for node in graph.nodes:
-                if node.op == "call_function" and node.target in ADD_OPS and _is_tensor_add(node):
-                    specs = {}
-                    for arg in node.args[:2]:
-                        origin = _value_preserving_origin(arg)
-                        shared = origin is not arg and _quantizes_output(origin)
-                        specs[arg] = SharedQuantizationSpec(origin) if shared else activation_spec
-                    _annotate(node, specs)
+            annotate_graph(model.graph, activation_spec, weight_spec, float_layers)
             return model
 
         def validate(self, model: GraphModule) -> None:
             pass
 
-    def _annotate(node: Node, inputs: dict, output=None) -> None:
-        existing = node.meta.get(ANNOTATION_KEY)
-        if existing is not None:
-            existing.input_qspec_map.update(inputs)
-            if output is not None:
-                existing.output_qspec = output
-            return
-        node.meta[ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=dict(inputs), output_qspec=output, _annotated=True)
-
-    def _quantizes_output(node: Node) -> bool:
-        annotation = node.meta.get(ANNOTATION_KEY)
-        return annotation is not None and annotation.output_qspec is not None
-
     return _Quantizer()
+
+
+def activation_quantization_spec(scheme: Int8Scheme, observer):
+    """Per-tensor activations in the scheme's integer type and range."""
+    return _quantization_spec(scheme.activation_dtype, observer, scheme.activation_range, scheme.activation_qscheme)
+
+
+def weight_quantization_spec(scheme: Int8Scheme, observer):
+    """int8 weights, symmetric, per output channel (axis 0)."""
+    return _quantization_spec(torch.int8, observer, scheme.weight_range, torch.per_channel_symmetric, ch_axis=0)
+
+
+def _quantization_spec(dtype: torch.dtype, observer, value_range: tuple[int, int], qscheme: torch.qscheme, **channel_axis):
+    from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+    low, high = value_range
+    return QuantizationSpec(dtype=dtype, observer_or_fake_quant_ctr=observer, quant_min=low, quant_max=high, qscheme=qscheme,
+                            **channel_axis)
+
+
+def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[str]) -> None:
+    """Mark every quantization point of ``graph`` (a captured model's) with its spec, in three passes."""
+    quantized_compute = {
+        node for node in graph.nodes
+        if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS and layer_name(node) not in float_layers
+    }
+    # 1. Conv / Linear: input activation and weight.
+    for node in quantized_compute:
+        source, weight = node.args[0], node.args[1]
+        _annotate(node, {source: activation_spec, weight: weight_spec})
+    # 2. ReLU outputs, where a quantized consumer reads them (conv+BN+ReLU fuse: nothing is quantized
+    # between them).
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in RELU_OPS and _feeds_quantized(node, quantized_compute):
+            _annotate(node, {}, activation_spec)
+    # 3. Residual adds: both inputs.
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in ADD_OPS and _is_tensor_add(node):
+            _annotate(node, _residual_add_inputs(node, activation_spec))
+
+
+def _residual_add_inputs(node: Node, activation_spec) -> dict:
+    """The specs of an add's two inputs. An input reached through value-preserving ops from a quantized
+    tensor shares that tensor's scale (the option-A shortcut: slice + zero pad)."""
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
+
+    specs = {}
+    for arg in node.args[:2]:
+        origin = _value_preserving_origin(arg)
+        shared = origin is not arg and _quantizes_output(origin)
+        specs[arg] = SharedQuantizationSpec(origin) if shared else activation_spec
+    return specs
+
+
+def _annotate(node: Node, inputs: dict, output=None) -> None:
+    """Add ``inputs`` (and ``output``) to the node's annotation, creating it on first use."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    existing = node.meta.get(ANNOTATION_KEY)
+    if existing is not None:
+        existing.input_qspec_map.update(inputs)
+        if output is not None:
+            existing.output_qspec = output
+        return
+    node.meta[ANNOTATION_KEY] = QuantizationAnnotation(input_qspec_map=dict(inputs), output_qspec=output, _annotated=True)
+
+
+def _quantizes_output(node: Node) -> bool:
+    annotation = node.meta.get(ANNOTATION_KEY)
+    return annotation is not None and annotation.output_qspec is not None
 
 
 def _is_tensor_add(node: Node) -> bool:

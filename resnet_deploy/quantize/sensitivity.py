@@ -112,85 +112,123 @@ def sensitivity_analysis(
     The mixed-precision plan lists up to ``max_float_layers`` layers, most sensitive first, each
     accounting for at least ``min_share`` of the summed per-layer loss.
     """
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-
-    if mode not in MODES:
-        from ..errors import UserError
-
-        raise UserError(f"--sensitivity-mode must be one of {', '.join(MODES)}, got {mode!r}")
+    _check_mode(mode)
     scheme = scheme_for(target)
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     check_calib_size(calib_size, dataset)
     start = time.perf_counter()
-    prepared = prepare_pt2e(capture(loaded.model), build_quantizer(scheme, method, percentile, ()))
-    run_calibration(prepared, calibration_batches(dataset, calib_size), loaded.normalization)
+    prepared = _calibrated(loaded, dataset, scheme, method, calib_size, percentile)
     switches = _switchable(prepared)
     groups = _layer_groups(prepared, switches)
+    probe = _Probe(prepared, switches, loaded, *_held_out_images(dataset, calib_size, eval_images))
+    full = probe.measure(set(switches))
+    rows = _rank_layers(probe, groups, mode, full)
+    key = _score_key(mode)
+    plan = _float_plan(rows, key, max_float_layers, min_share)
+    rule = f"most sensitive first, at most {max_float_layers}, each >= {min_share:.0%} of the summed per-layer {key}"
+    report = _report(loaded, probe, target=target, method=method, mode=mode, full=full, rows=rows, plan=plan, rule=rule)
+    if verify_plan and plan:
+        converted, _ = ptq_convert(
+            loaded.model, calibration_batches(dataset, calib_size), loaded.normalization, target=target, method=method,
+            percentile=percentile, keep_float=plan, bias_correction=bias_correction,
+        )
+        report["plan"]["verified"] = {"bias_correction": bias_correction, **probe.accuracy_of(converted)}
+    report["seconds"] = time.perf_counter() - start
+    if report_path is not None:
+        write_json(report_path, report)
+    return report
 
-    images, labels, source = _held_out_images(dataset, calib_size, eval_images)
-    normalization = loaded.normalization
-    fp32_logits = predict_logits(loaded.model.eval(), images, normalization)
-    fp32 = classification_metrics(fp32_logits, labels)["top1"]
 
-    def measure(enabled: set[str]) -> dict:
-        for name, switch in switches.items():
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        from ..errors import UserError
+
+        raise UserError(f"--sensitivity-mode must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+def _calibrated(loaded: LoadedModel, dataset: ImageDataset, scheme, method: str, calib_size: int, percentile: float) -> torch.fx.GraphModule:
+    """The captured model with observers for every quantization point, calibrated once (PTQ)."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    prepared = prepare_pt2e(capture(loaded.model), build_quantizer(scheme, method, percentile, ()))
+    run_calibration(prepared, calibration_batches(dataset, calib_size), loaded.normalization)
+    return prepared
+
+
+class _Probe:
+    """The calibrated model with its switches, measured on held-out images against the FP32 model."""
+
+    def __init__(self, prepared, switches: dict[str, _SwitchableFakeQuant], loaded: LoadedModel,
+                 images: np.ndarray, labels: np.ndarray, source: str) -> None:
+        self.prepared, self.switches, self.normalization = prepared, switches, loaded.normalization
+        self.images, self.labels, self.source = images, labels, source
+        self.fp32_logits = predict_logits(loaded.model.eval(), images, self.normalization)
+        self.fp32_top1 = classification_metrics(self.fp32_logits, labels)["top1"]
+
+    def measure(self, enabled: set[str]) -> dict:
+        """Top-1, agreement with FP32 and logit MSE with only the ``enabled`` switches quantizing."""
+        for name, switch in self.switches.items():
             switch.enabled = name in enabled
-        logits = predict_logits(prepared, images, normalization)
+        logits = predict_logits(self.prepared, self.images, self.normalization)
+        return {**self._scores(logits), "logit_mse": float(((logits - self.fp32_logits) ** 2).mean())}
+
+    def accuracy_of(self, model) -> dict:
+        """Top-1 and agreement with FP32 of another model on the same images."""
+        return self._scores(predict_logits(model, self.images, self.normalization))
+
+    def _scores(self, logits: torch.Tensor) -> dict:
         return {
-            "top1": classification_metrics(logits, labels)["top1"],
-            "agreement": 100.0 * (logits.argmax(1) == fp32_logits.argmax(1)).float().mean().item(),
-            "logit_mse": float(((logits - fp32_logits) ** 2).mean()),
+            "top1": classification_metrics(logits, self.labels)["top1"],
+            "agreement": 100.0 * (logits.argmax(1) == self.fp32_logits.argmax(1)).float().mean().item(),
         }
 
-    everything = set(switches)
-    full = measure(everything)
+
+def _score_key(mode: str) -> str:
+    """``only``: the top-1 a layer loses quantized alone; ``leave-out``: what leaving it float gains."""
+    return "loss_top1" if mode == "only" else "gain_top1"
+
+
+def _rank_layers(probe: _Probe, groups: dict[str, set[str]], mode: str, full: dict) -> list[dict]:
+    """One row per layer, most sensitive first (``rank`` 1)."""
+    everything = set(probe.switches)
+    key = _score_key(mode)
     rows = []
     with progress.bar(f"sensitivity ({mode})", len(groups)) as bar:
         for layer, owned in groups.items():
-            result = measure(owned if mode == "only" else everything - owned)
-            loss = fp32 - result["top1"] if mode == "only" else result["top1"] - full["top1"]
-            rows.append({"layer": layer, "quantizers": sorted(owned), **result, "loss_top1" if mode == "only" else "gain_top1": loss})
+            result = probe.measure(owned if mode == "only" else everything - owned)
+            score = probe.fp32_top1 - result["top1"] if mode == "only" else result["top1"] - full["top1"]
+            rows.append({"layer": layer, "quantizers": sorted(owned), **result, key: score})
             bar.advance(1)
-    key = "loss_top1" if mode == "only" else "gain_top1"
     # Accuracy moves in steps of one image; the logit error breaks ties (bigger error, more sensitive
     # when quantizing it alone; smaller error left, more gained when leaving it out).
     rows.sort(key=lambda row: (-row[key], -row["logit_mse"] if mode == "only" else row["logit_mse"]))
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
+    return rows
+
+
+def _float_plan(rows: list[dict], key: str, max_float_layers: int, min_share: float) -> list[str]:
+    """The layers to keep in float: the first ``max_float_layers`` rows that each carry at least
+    ``min_share`` of the summed positive scores."""
     total = sum(max(row[key], 0.0) for row in rows)
-    plan = [row["layer"] for row in rows[:max_float_layers] if row[key] > 0 and total > 0 and row[key] >= min_share * total]
-    report = {
+    return [row["layer"] for row in rows[:max_float_layers] if row[key] > 0 and total > 0 and row[key] >= min_share * total]
+
+
+def _report(loaded: LoadedModel, probe: _Probe, *, target: str, method: str, mode: str, full: dict, rows: list[dict],
+            plan: list[str], rule: str) -> dict:
+    return {
         "model": loaded.spec.to_dict(),
         "checkpoint": {"path": str(loaded.path), "sha256": loaded.sha256},
         "target": target,
         "method": method,
         "mode": mode,
-        "evaluated_on": source,
-        "images": int(len(images)),
-        "fp32_top1": fp32,
+        "evaluated_on": probe.source,
+        "images": int(len(probe.images)),
+        "fp32_top1": probe.fp32_top1,
         "all_int8": full,
         "layers": rows,
-        "plan": {
-            "keep_float": plan,
-            "precision": "fp16" if target == "tensorrt" else "fp32",
-            "rule": f"most sensitive first, at most {max_float_layers}, each >= {min_share:.0%} of the summed per-layer {key}",
-        },
+        "plan": {"keep_float": plan, "precision": "fp16" if target == "tensorrt" else "fp32", "rule": rule},
     }
-    if verify_plan and plan:
-        converted, _ = ptq_convert(
-            loaded.model, calibration_batches(dataset, calib_size), normalization, target=target, method=method,
-            percentile=percentile, keep_float=plan, bias_correction=bias_correction,
-        )
-        logits = predict_logits(converted, images, normalization)
-        report["plan"]["verified"] = {
-            "bias_correction": bias_correction,
-            "top1": classification_metrics(logits, labels)["top1"],
-            "agreement": 100.0 * (logits.argmax(1) == fp32_logits.argmax(1)).float().mean().item(),
-        }
-    report["seconds"] = time.perf_counter() - start
-    if report_path is not None:
-        write_json(report_path, report)
-    return report
 
 
 def _held_out_images(dataset: ImageDataset, calib_size: int, count: int) -> tuple[np.ndarray, np.ndarray, str]:
