@@ -291,7 +291,7 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
     and ``resnet-deploy build-engine`` use them: build-engine runs for real up to the builder, which is
     replaced by one that returns a sidecar (no TensorRT here), then rewrites the manifest and prints it."""
     from resnet_deploy.export import manifest as manifest_lib
-    from resnet_deploy.export import pipeline as export_pipeline
+    from resnet_deploy.export import run as export_run
     from resnet_deploy.inspect import debugger
     from resnet_deploy.inspect import lint
     from resnet_deploy.tensorrt import runtime
@@ -307,7 +307,7 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
 
     monkeypatch.setattr(runtime, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
     monkeypatch.setattr(runtime, "current_gpu", lambda: None)
-    monkeypatch.setattr(export_pipeline, "build_engine", fake_build_engine)
+    monkeypatch.setattr(export_run, "build_engine", fake_build_engine)
     monkeypatch.setattr(lint, "lint_before_engine_build", lambda path: {"int8": 19, "not_int8": []})
     quantized = types.SimpleNamespace(target="tensorrt", checkpoint_sha256="1" * 64)
     inspect_options = types.SimpleNamespace(export_dir=folder, int8_dir=folder / "int8")
