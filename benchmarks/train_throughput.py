@@ -44,7 +44,8 @@ from resnet_deploy.environment import environment_info  # noqa: E402
 from resnet_deploy.evaluation import evaluate  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
 from resnet_deploy.models import build_model, normalize_spec  # noqa: E402
-from resnet_deploy.train import PRECISIONS, TrainConfig, batch_seed, resolve_device, resolve_speed_settings, train  # noqa: E402
+from resnet_deploy.train import PRECISIONS, TrainConfig, batch_seed, resolve_device, train  # noqa: E402
+from resnet_deploy.train_speed import resolve_speed_settings  # noqa: E402
 
 DEFAULT_SETTINGS = "fp32,fp32+channels_last,bf16,bf16+channels_last,bf16+channels_last+compile"
 LEVERS = ("augment", "eval_batch", "compile", "threads")

@@ -9,7 +9,7 @@ Stages, in order (each one a call of another stage's public function)::
     bench      bench.benchmark_artifacts    -> benchmarks/results/<name>/results.json, plots
     report     report.write_report          -> benchmarks/results/<name>/report.md (with the stage table)
 
-State lives in ``benchmarks/results/<name>/pipeline.json``: per stage, the hash of its inputs (settings,
+State lives in ``benchmarks/results/<name>/pipeline.json`` (``pipeline_state.py``): per stage, the hash of its inputs (settings,
 dataset fingerprint, sha256 of the files it reads) and the sha256 of what it wrote. A rerun skips a
 stage whose inputs hash the same and whose outputs are still there unchanged ("current"); ``force``
 redoes everything. A stage that cannot run here (no TensorRT, no GPU, not requested) is recorded as
@@ -23,23 +23,20 @@ written (with this run's stage table, the bench stage recorded as failed with th
 from __future__ import annotations
 
 import dataclasses
-import json
-import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError, VerificationError
-from .fileio import read_json, sha256_bytes, sha256_file, write_json
+from .fileio import read_json, sha256_bytes, sha256_file
+from .pipeline_state import PipelineState, StageRecord, file_digests, hash_inputs, run_stage, skip_stage
 from .quantize_choices import TARGETS
-from .validation import is_text
 from .zoo import pretrained_name, read_registry
 
-log = logging.getLogger(__name__)
-
-STATE_FORMAT = "resnet-deploy/pipeline"
-QUANTIZATION_CHOICES = ("ptq", "qat", "both", "none")
+# What each --quantization value runs, in order (QAT after PTQ: the exports use QAT's artifact then).
+_QUANTIZATION_KINDS = {"ptq": ("ptq",), "qat": ("qat",), "both": ("ptq", "qat"), "none": ()}
+QUANTIZATION_CHOICES = tuple(_QUANTIZATION_KINDS)
 # The quantize stage's targets, in the order the pipeline has always run them: cpu first, then the rest
 # in quantize_choices' order.
 INT8_TARGETS = tuple(sorted(TARGETS, key=lambda target: target != "cpu"))
@@ -116,32 +113,15 @@ class PipelineConfig:
 
 
 @dataclass
-class StageRecord:
-    name: str
-    status: str  # done | current | skipped | failed
-    reason: str | None = None
-    inputs_hash: str | None = None
-    outputs: dict[str, str] = field(default_factory=dict)  # path -> sha256
-    seconds: float | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass
 class PipelineResult:
     stages: list[StageRecord]
     results: dict | None
     paths: dict[str, Path]
 
 
-def _hash(data: Any) -> str:
-    return sha256_bytes(json.dumps(data, sort_keys=True, default=str).encode())
-
-
 def dataset_fingerprint(dataset) -> str:
     """Identity of a decoded dataset (source, subset, sizes, labels) for stage input hashes."""
-    return _hash(
+    return hash_inputs(
         {
             "name": dataset.name,
             "source": dataset.source,
@@ -152,68 +132,6 @@ def dataset_fingerprint(dataset) -> str:
             "test_labels": sha256_bytes(dataset.test_labels.tobytes()),
         }
     )
-
-
-class _State:
-    """pipeline.json: the records of the last run, keyed by stage name."""
-
-    def __init__(self, path: Path, force: bool) -> None:
-        self.path = path
-        self.force = force
-        self.previous: dict[str, dict] = {}
-        if path.is_file() and not force:
-            try:
-                self.previous = _read_state(path)
-            except UserError as exc:
-                log.info(f"pipeline state {path} is unreadable ({exc}); redoing every stage")
-        self.records: list[StageRecord] = []
-
-    def is_current(self, name: str, inputs_hash: str) -> bool:
-        """Same inputs as last time, and every output still there with the same content."""
-        old = self.previous.get(name)
-        if self.force or not old or old.get("status") not in ("done", "current") or old.get("inputs_hash") != inputs_hash:
-            return False
-        outputs = old.get("outputs") or {}
-        return bool(outputs) and all(Path(p).is_file() and sha256_file(p) == digest for p, digest in outputs.items())
-
-    def previous_outputs(self, name: str) -> dict[str, str]:
-        return dict((self.previous.get(name) or {}).get("outputs") or {})
-
-    def add(self, record: StageRecord) -> StageRecord:
-        """Record (or replace) the stage's outcome and save at once, so a killed run leaves a trace."""
-        self.records = [r for r in self.records if r.name != record.name] + [record]
-        self.save()
-        return record
-
-    def interrupted_with_same_inputs(self, name: str, inputs_hash: str) -> bool:
-        """The last run of ``name`` had these inputs and did not finish (failed or killed). Never with
-        --force, which starts from no previous records: every stage starts over."""
-        old = self.previous.get(name) or {}
-        return old.get("inputs_hash") == inputs_hash and old.get("status") in ("running", "failed")
-
-    def save(self) -> None:
-        write_json(self.path, {"format": STATE_FORMAT, "version": 1, "stages": [r.to_dict() for r in self.records]})
-
-
-def _read_state(path: Path) -> dict[str, dict]:
-    """The stage records of pipeline.json, by name. Only records whose fields have the types used
-    (name, status, inputs_hash, outputs: {file: sha256}) are kept: a damaged or hand-edited state file
-    costs a redo of those stages, never a traceback."""
-    data = read_json(path, "pipeline state")
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise UserError("not a resnet-deploy pipeline state")
-    stages = data.get("stages", [])
-    if not isinstance(stages, list):
-        raise UserError("'stages' is not a list")
-    previous = {}
-    for stage in stages:
-        if not (isinstance(stage, dict) and isinstance(stage.get("name"), str)):
-            continue
-        outputs = stage.get("outputs") or {}
-        if not (isinstance(outputs, dict) and all(is_text(p) and isinstance(d, str) for p, d in outputs.items())):
-            continue
-        previous[stage["name"]] = stage
-    return previous
 
 
 def _read_previous_results(path: Path) -> dict:
@@ -233,44 +151,6 @@ def _read_previous_results(path: Path) -> dict:
     return results
 
 
-def _outputs(*paths: Path) -> dict[str, str]:
-    return {str(p): sha256_file(p) for p in paths if p.is_file()}
-
-
-def _run_stage(
-    state: _State, name: str, inputs: dict, work: Callable[[], list[Path]], keep_going_on: tuple[type, ...] = ()
-) -> StageRecord:
-    """Run ``work`` unless its inputs and outputs are current; record the outcome.
-
-    An exception of a ``keep_going_on`` type (a failed check whose evidence was written) marks the stage
-    failed and lets the pipeline go on to bench and report; anything else stops it.
-    """
-    inputs_hash = _hash(inputs)
-    if state.is_current(name, inputs_hash):
-        log.info(f"[{name}] current (inputs unchanged, outputs verified): skipping; --force redoes it")
-        return state.add(StageRecord(name, "current", "inputs and outputs unchanged since the last run", inputs_hash, state.previous_outputs(name)))
-    log.info(f"[{name}] running")
-    state.add(StageRecord(name, "running", None, inputs_hash))
-    started = time.perf_counter()
-    try:
-        produced = work()
-    except BaseException as exc:
-        reason = " ".join(line.strip() for line in str(exc).splitlines()) or type(exc).__name__
-        state.add(StageRecord(name, "failed", reason, inputs_hash, {}, round(time.perf_counter() - started, 1)))
-        if isinstance(exc, keep_going_on):
-            log.info(f"[{name}] failed: {reason}; continuing so the report shows it")
-            return state.records[-1]
-        raise
-    record = StageRecord(name, "done", None, inputs_hash, _outputs(*produced), round(time.perf_counter() - started, 1))
-    log.info(f"[{name}] done in {record.seconds:.0f} s")
-    return state.add(record)
-
-
-def _skip(state: _State, name: str, reason: str) -> StageRecord:
-    log.info(f"[{name}] skipped: {reason}")
-    return state.add(StageRecord(name, "skipped", reason))
-
-
 def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> PipelineResult:
     """Run every stage (see the module docstring). Returns the records, the bench results and paths.
 
@@ -287,100 +167,139 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
     config.runner_options = config.runner_options or RunnerOptions()
     config.bench_settings = config.bench_settings or BenchSettings()
     config.results_dir.mkdir(parents=True, exist_ok=True)
-    state = _State(config.state_path, config.force)
+    state = PipelineState(config.state_path, config.force)
     dataset = load_data()
-    data_id = dataset_fingerprint(dataset)
+    run = _PipelineRun(config, state, dataset, dataset_fingerprint(dataset))
 
-    # ---------------------------------------------------------------- train
+    checkpoint = _train_stage(run, reused)
+    run.checkpoint_sha = sha256_file(checkpoint)
+    int8_dirs, quantized_dirs = _quantize_stages(run, load_checkpoint(checkpoint))
+    export_dirs = _export_stages(run, checkpoint, int8_dirs)
+    results = _bench_stage(run, checkpoint, export_dirs, quantized_dirs)
+    paths = _report_stage(run, results)
+    return PipelineResult(state.records, results, paths)
+
+
+@dataclass
+class _PipelineRun:
+    """What every stage of one :func:`run_pipeline` call reads: the options, the state file, the data."""
+
+    config: PipelineConfig
+    state: PipelineState
+    dataset: Any
+    data_id: str  # dataset_fingerprint(dataset)
+    checkpoint_sha: str | None = None  # of the FP32 checkpoint every later stage starts from, once known
+
+
+def _train_stage(run: _PipelineRun, reused: Path | None) -> Path:
+    """The FP32 checkpoint: the one given (train skipped), else trained (or resumed) into runs/<name>/."""
+    config, state = run.config, run.state
     if reused is not None:
-        checkpoint = reused
         origin = f"shipped {config.checkpoint}" if pretrained_name(config.checkpoint) else "--checkpoint given"
-        _skip(state, "train", f"{origin}: reusing {checkpoint} (sha256 {sha256_file(checkpoint)[:12]})")
-    else:
-        checkpoint = config.run_dir / "last.pt"
-        train_inputs = {
-            "model": config.model, "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
-            "seed": config.seed, "dataset": data_id,
-        }
-        # An interrupted run with the same settings continues from its last checkpoint; other settings
-        # start over (resuming would silently keep the old run's configuration).
-        resume = state.interrupted_with_same_inputs("train", _hash(train_inputs))
-        _run_stage(state, "train", train_inputs, lambda: _train(config, dataset, resume))
-    checkpoint_sha = sha256_file(checkpoint)
+        skip_stage(state, "train", f"{origin}: reusing {reused} (sha256 {sha256_file(reused)[:12]})")
+        return reused
+    train_inputs = {
+        "model": config.model, "epochs": config.epochs, "batch_size": config.batch_size, "lr": config.lr,
+        "seed": config.seed, "dataset": run.data_id,
+    }
+    # An interrupted run with the same settings continues from its last checkpoint; other settings
+    # start over (resuming would silently keep the old run's configuration).
+    resume = state.interrupted_with_same_inputs("train", hash_inputs(train_inputs))
+    run_stage(state, "train", train_inputs, lambda: _train(config, run.dataset, resume))
+    return config.run_dir / "last.pt"
 
-    # ---------------------------------------------------------------- quantize
-    loaded = load_checkpoint(checkpoint)
-    int8_dirs: dict[str, Path] = {}  # target -> the artifact the export uses
+
+def _quantize_stages(run: _PipelineRun, loaded) -> tuple[dict[str, Path], list[Path]]:
+    """One quantize stage per kind (ptq, qat) and target. Returns the artifact each target's export
+    uses (QAT's, run after PTQ, when both ran) and every artifact, for the bench."""
+    config, state = run.config, run.state
+    int8_dirs: dict[str, Path] = {}
     quantized_dirs: list[Path] = []
-    kinds = {"ptq": ["ptq"], "qat": ["qat"], "both": ["ptq", "qat"], "none": []}[config.quantization]
+    kinds = _QUANTIZATION_KINDS[config.quantization]
     if not kinds:
-        _skip(state, "quantize", "--quantization none: no int8 model")
+        skip_stage(state, "quantize", "--quantization none: no int8 model")
     for kind in kinds:
         for target in config.int8_targets:
             directory = config.calibration_dir(kind, target)
             inputs = {
-                "checkpoint": checkpoint_sha, "kind": kind, "target": target, "dataset": data_id,
+                "checkpoint": run.checkpoint_sha, "kind": kind, "target": target, "dataset": run.data_id,
                 "method": config.calib_method, "calib_size": config.calib_size,
                 **({"qat_epochs": config.qat_epochs, "qat_lr": config.qat_lr} if kind == "qat" else {}),
             }
             # as for training: an interrupted QAT with the same settings continues from its saved state
-            resume = kind == "qat" and state.interrupted_with_same_inputs(f"quantize-{kind}-{target}", _hash(inputs))
-            _run_stage(
+            resume = kind == "qat" and state.interrupted_with_same_inputs(f"quantize-{kind}-{target}", hash_inputs(inputs))
+            run_stage(
                 state, f"quantize-{kind}-{target}", inputs,
-                lambda k=kind, t=target, d=directory, r=resume: _quantize(config, loaded, dataset, k, t, d, resume=r),
+                lambda k=kind, t=target, d=directory, r=resume: _quantize(config, loaded, run.dataset, k, t, d, resume=r),
             )
-            int8_dirs[target] = directory  # QAT (run after PTQ) wins when both ran
+            int8_dirs[target] = directory
             quantized_dirs.append(directory)
+    return int8_dirs, quantized_dirs
 
-    # ---------------------------------------------------------------- export
+
+def _export_stages(run: _PipelineRun, checkpoint: Path, int8_dirs: dict[str, Path]) -> list[Path]:
+    """exports/<name>/ (FP32, FP16, TensorRT-scheme int8, engines) and exports/<name>-cpu/ (CPU-scheme
+    int8). Returns the export folders that hold a manifest, for the bench."""
     export_dirs: list[Path] = []
     for target in ("tensorrt", "cpu"):
         if target == "cpu" and "cpu" not in int8_dirs:
-            if kinds:
-                _skip(state, "export-cpu", "no CPU-scheme int8 artifact (--int8-targets without cpu)")
+            if _QUANTIZATION_KINDS[run.config.quantization]:
+                skip_stage(run.state, "export-cpu", "no CPU-scheme int8 artifact (--int8-targets without cpu)")
             continue
-        directory = config.export_dir(target)
-        int8_dir = int8_dirs.get(target)
-        inputs = {
-            "checkpoint": checkpoint_sha, "target": target, "dataset": data_id,
-            "int8": sha256_file(int8_dir / "manifest.json") if int8_dir else None,
-            "fp16": config.fp16 and target == "tensorrt", "tensorrt": config.tensorrt if target == "tensorrt" else False,
-            "compute_capability": config.compute_capability, "max_batch": config.max_batch,
-        }
-        record = _run_stage(
-            state, f"export-{target}", inputs, lambda t=target, d=directory, i=int8_dir: _export(config, checkpoint, dataset, t, d, i),
-            keep_going_on=(VerificationError,),
-        )
-        if record.status == "failed" and not (directory / "manifest.json").is_file():
+        directory = _export_stage(run, checkpoint, target, int8_dirs.get(target))
+        if directory is None:
             continue
         export_dirs.append(directory)
         if target == "tensorrt":
-            from .export.manifest import load_manifest
+            _skip_if_no_engine(run.state, directory)
+    return export_dirs
 
-            manifest = load_manifest(directory, verify_hashes=False)  # validated: artifacts and skipped are lists of objects
-            engines = [a for a in manifest["artifacts"] if a["kind"] == "tensorrt"]
-            if not engines:
-                reasons = [s.get("reason") for s in manifest.get("skipped", []) if s["kind"] == "tensorrt"]
-                _skip(state, "tensorrt-engines", reasons[0] if reasons and reasons[0] else "export built no TensorRT engine")
 
-    # ---------------------------------------------------------------- bench + report
-    from .bench import benchmark_artifacts
-
-    bench_inputs = {
-        "checkpoint": checkpoint_sha,
-        "dataset": data_id,
-        "exports": [sha256_file(d / "manifest.json") for d in export_dirs],
-        "quantized": [sha256_file(d / "manifest.json") for d in quantized_dirs],
-        "options": dataclasses.asdict(config.runner_options),
-        "settings": dataclasses.asdict(config.bench_settings),
-        "thresholds": dataclasses.asdict(config.thresholds) if config.thresholds else None,
+def _export_stage(run: _PipelineRun, checkpoint: Path, target: str, int8_dir: Path | None) -> Path | None:
+    """One export stage; its folder, or None when it failed before writing a manifest. A failed check
+    (VerificationError, manifest written) lets the pipeline go on, so the report shows it."""
+    config = run.config
+    directory = config.export_dir(target)
+    inputs = {
+        "checkpoint": run.checkpoint_sha, "target": target, "dataset": run.data_id,
+        "int8": sha256_file(int8_dir / "manifest.json") if int8_dir else None,
+        "fp16": config.fp16 and target == "tensorrt", "tensorrt": config.tensorrt if target == "tensorrt" else False,
+        "compute_capability": config.compute_capability, "max_batch": config.max_batch,
     }
-    results_path = config.results_dir / "results.json"
+    record = run_stage(
+        run.state, f"export-{target}", inputs, lambda: _export(config, checkpoint, run.dataset, target, directory, int8_dir),
+        keep_going_on=(VerificationError,),
+    )
+    if record.status == "failed" and not (directory / "manifest.json").is_file():
+        return None
+    return directory
+
+
+def _skip_if_no_engine(state: PipelineState, directory: Path) -> None:
+    """A "tensorrt-engines" stage recorded as skipped, with the export's reason, when it built no engine."""
+    from .export.manifest import load_manifest
+
+    manifest = load_manifest(directory, verify_hashes=False)  # validated: artifacts and skipped are lists of objects
+    engines = [a for a in manifest["artifacts"] if a["kind"] == "tensorrt"]
+    if not engines:
+        reasons = [s.get("reason") for s in manifest.get("skipped", []) if s["kind"] == "tensorrt"]
+        skip_stage(state, "tensorrt-engines", reasons[0] if reasons and reasons[0] else "export built no TensorRT engine")
+
+
+def _bench_stage(run: _PipelineRun, checkpoint: Path, export_dirs: list[Path], quantized_dirs: list[Path]) -> dict:
+    """The bench stage's results: measured now, or read back from results.json when the stage is current.
+
+    Interrupted (SIGINT/SIGTERM), the partial results get this run's stage table and the report is
+    written before BenchInterrupted propagates."""
+    from .bench import BenchInterrupted, benchmark_artifacts, raise_if_interrupted
+    from .report import write_report
+
+    config, state = run.config, run.state
     holder: dict[str, Any] = {}
 
     def bench() -> list[Path]:
         results, paths = benchmark_artifacts(
-            dataset, config.runner_options, config.bench_settings, run_name=config.name, output_dir=config.results_dir,
+            run.dataset, config.runner_options, config.bench_settings, run_name=config.name, output_dir=config.results_dir,
             checkpoint=checkpoint, export_dirs=export_dirs, quantized_dirs=quantized_dirs, thresholds=config.thresholds,
             command=config.command,
         )
@@ -388,34 +307,49 @@ def run_pipeline(config: PipelineConfig, load_data: Callable[[], Any]) -> Pipeli
         raise_if_interrupted(results, paths)  # the stage is recorded as failed, with the signal
         return [paths["results"]]
 
-    from .bench import BenchInterrupted, raise_if_interrupted
-    from .report import write_report
-
     try:
-        _run_stage(state, "bench", bench_inputs, bench)
+        run_stage(state, "bench", _bench_inputs(run, export_dirs, quantized_dirs), bench)
     except BenchInterrupted:
         if "results" in holder:  # partial results were written: add this run's stage table to them
             holder["results"]["pipeline"] = {"stages": [r.to_dict() for r in state.records]}
             write_report(holder["results"], config.results_dir)
         raise
-    results = holder.get("results") or _read_previous_results(results_path)
+    return holder.get("results") or _read_previous_results(config.results_dir / "results.json")
 
-    # The report always reflects this run's stage table (cheap: no measurement).
 
+def _bench_inputs(run: _PipelineRun, export_dirs: list[Path], quantized_dirs: list[Path]) -> dict:
+    config = run.config
+    return {
+        "checkpoint": run.checkpoint_sha,
+        "dataset": run.data_id,
+        "exports": [sha256_file(d / "manifest.json") for d in export_dirs],
+        "quantized": [sha256_file(d / "manifest.json") for d in quantized_dirs],
+        "options": dataclasses.asdict(config.runner_options),
+        "settings": dataclasses.asdict(config.bench_settings),
+        "thresholds": dataclasses.asdict(config.thresholds) if config.thresholds else None,
+    }
+
+
+def _report_stage(run: _PipelineRun, results: dict) -> dict[str, Path]:
+    """report.md (and results.json) rewritten with this run's stage table, every time: it is cheap, no
+    measurement. Returns write_report's paths."""
+    from .report import write_report
+
+    state = run.state
     started = time.perf_counter()
     report_record = StageRecord("report", "done", None, None, {}, None)
     results["pipeline"] = {"stages": [r.to_dict() for r in state.records] + [report_record.to_dict()]}
-    paths = write_report(results, config.results_dir)
-    report_record.outputs = _outputs(paths["markdown"])
+    paths = write_report(results, run.config.results_dir)
+    report_record.outputs = file_digests(paths["markdown"])
     report_record.seconds = round(time.perf_counter() - started, 1)
     state.add(report_record)
     # Keep the recorded bench output hash in step with the results.json just rewritten (it now holds
     # the stage table), so the next run still sees the bench stage as current.
     for record in state.records:
         if record.name == "bench":
-            record.outputs = _outputs(paths["results"])
+            record.outputs = file_digests(paths["results"])
     state.save()
-    return PipelineResult(state.records, results, paths)
+    return paths
 
 
 def raise_if_stages_failed(result: PipelineResult) -> None:

@@ -15,7 +15,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("multistep", "cosine", "onecycle", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")  # what a run can use; a checkpoint records one of these
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what a user can ask for; train() resolves "auto"
-AUTO = None  # channels_last / compile left to train() to decide (see train.resolve_speed_settings)
+AUTO = None  # channels_last / compile left to train() to decide (see train_speed.resolve_speed_settings)
 
 # Runs shorter than this do not compile under --compile auto: Inductor's warm-up (tens of seconds on
 # a 2-core CPU for ResNet20) is repaid at about 0.017 s a step (issue #12: 932 -> 1,063 img/s at batch
@@ -31,7 +31,7 @@ class TrainConfig:
     """Every option of ``resnet-deploy train``; saved in each checkpoint with the speed settings resolved.
 
     ``precision="auto"``, ``channels_last=None`` and ``compile=None`` are decided by
-    ``train.resolve_speed_settings`` for the device the run lands on; checkpoints and config.json hold
+    ``train_speed.resolve_speed_settings`` for the device the run lands on; checkpoints and config.json hold
     the decided values, so a resumed run and the recorded recipe use exactly what ran.
     """
 

@@ -355,7 +355,7 @@ def test_lint_agrees_with_the_builder_on_bigger_models(name, synthetic, tmp_path
 def test_export_lints_before_building_an_int8_engine(clean_run, tmp_path, monkeypatch):
     import shutil
 
-    from resnet_deploy.export.pipeline import ExportOptions, _build_engines
+    from resnet_deploy.export.run import ExportOptions, _build_engines
 
     _, record, _ = clean_run
     shutil.copy(record["onnx"]["path"], tmp_path / "model-int8-tensorrt.onnx")

@@ -63,17 +63,17 @@ def test_pipeline_from_nothing_then_skips_current_work(tmp_path):
 
 
 def test_state_detects_changed_outputs_and_force(tmp_path):
-    from resnet_deploy.pipeline import StageRecord, _hash, _State
+    from resnet_deploy.pipeline_state import PipelineState, StageRecord, hash_inputs
 
     output = tmp_path / "artifact.bin"
     output.write_bytes(b"one")
-    state = _State(tmp_path / "pipeline.json", force=False)
-    inputs = _hash({"a": 1})
+    state = PipelineState(tmp_path / "pipeline.json", force=False)
+    inputs = hash_inputs({"a": 1})
     state.add(StageRecord("stage", "done", None, inputs, {str(output): __import__("resnet_deploy.fileio", fromlist=["x"]).sha256_file(output)}))
-    again = _State(tmp_path / "pipeline.json", force=False)
+    again = PipelineState(tmp_path / "pipeline.json", force=False)
     assert again.is_current("stage", inputs)
-    assert not again.is_current("stage", _hash({"a": 2})), "changed inputs redo the stage"
-    assert not _State(tmp_path / "pipeline.json", force=True).is_current("stage", inputs), "--force redoes it"
+    assert not again.is_current("stage", hash_inputs({"a": 2})), "changed inputs redo the stage"
+    assert not PipelineState(tmp_path / "pipeline.json", force=True).is_current("stage", inputs), "--force redoes it"
     output.write_bytes(b"two")
     assert not again.is_current("stage", inputs), "an output changed since: redo"
     output.unlink()
@@ -104,9 +104,9 @@ def test_failed_export_check_still_ends_in_a_report(tmp_path, synthetic_checkpoi
     report = (tmp_path / "benchmarks" / "results" / "failing" / "report.md").read_text()
     assert "| export-tensorrt | failed | 1 export check(s) failed" in report
     # A failed stage is never "current": the next run tries it again.
-    from resnet_deploy.pipeline import _State
+    from resnet_deploy.pipeline_state import PipelineState
 
-    assert not _State(tmp_path / "benchmarks" / "results" / "failing" / "pipeline.json", force=False).is_current(
+    assert not PipelineState(tmp_path / "benchmarks" / "results" / "failing" / "pipeline.json", force=False).is_current(
         "export-tensorrt", records["export-tensorrt"]["inputs_hash"]
     )
 

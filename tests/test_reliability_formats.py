@@ -291,7 +291,7 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
     and ``resnet-deploy build-engine`` use them: build-engine runs for real up to the builder, which is
     replaced by one that returns a sidecar (no TensorRT here), then rewrites the manifest and prints it."""
     from resnet_deploy.export import manifest as manifest_lib
-    from resnet_deploy.export import pipeline as export_pipeline
+    from resnet_deploy.export import run as export_run
     from resnet_deploy.inspect import debugger
     from resnet_deploy.inspect import lint
     from resnet_deploy.tensorrt import runtime
@@ -307,7 +307,7 @@ def test_fuzz_export_manifest_nested_fields(tmp_path, monkeypatch, figures):
 
     monkeypatch.setattr(runtime, "import_tensorrt", lambda: (types.SimpleNamespace(), "tensorrt-rtx", "1.7.1.116"))
     monkeypatch.setattr(runtime, "current_gpu", lambda: None)
-    monkeypatch.setattr(export_pipeline, "build_engine", fake_build_engine)
+    monkeypatch.setattr(export_run, "build_engine", fake_build_engine)
     monkeypatch.setattr(lint, "lint_before_engine_build", lambda path: {"int8": 19, "not_int8": []})
     quantized = types.SimpleNamespace(target="tensorrt", checkpoint_sha256="1" * 64)
     inspect_options = types.SimpleNamespace(export_dir=folder, int8_dir=folder / "int8")
@@ -546,12 +546,12 @@ def test_fuzz_model_registry(tmp_path, monkeypatch, figures):
 def test_fuzz_pipeline_state_and_results(tmp_path, figures):
     """pipeline.json edited at any depth costs a redo of the stages it no longer vouches for, never a
     traceback; a results.json read back for a current bench stage is used or refused."""
-    from resnet_deploy import pipeline
+    from resnet_deploy import pipeline, pipeline_state
     from resnet_deploy.report import render_markdown
 
     output = tmp_path / "results.json"
     output.write_text("{}")
-    state = {"format": pipeline.STATE_FORMAT, "version": 1, "stages": [
+    state = {"format": pipeline_state.STATE_FORMAT, "version": 1, "stages": [
         {"name": "bench", "status": "done", "inputs_hash": "h", "outputs": {str(output): _sha256(b"{}")}, "seconds": 1.0, "reason": None},
         {"name": "train", "status": "failed", "inputs_hash": "t", "outputs": {}, "seconds": 2.0, "reason": "x"},
     ]}  # fmt: skip
@@ -569,7 +569,7 @@ def test_fuzz_pipeline_state_and_results(tmp_path, figures):
         which, edited = drawn
         if which == "state":
             _write_json(state_file, edited)
-            loaded = pipeline._State(state_file, force=False)
+            loaded = pipeline_state.PipelineState(state_file, force=False)
             loaded.is_current("bench", "h"), loaded.is_current("train", "t"), loaded.previous_outputs("bench")
             loaded.interrupted_with_same_inputs("train", "t")
             if not loaded.previous:  # a state file no stage can be taken from reads as "redo everything"

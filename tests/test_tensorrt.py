@@ -279,7 +279,7 @@ def test_int8_qdq_engine_from_a_quantized_model(synthetic_checkpoint, synthetic,
     """The int8 path end to end without the trained fixture: PT2E (tensorrt scheme) -> Q/DQ ONNX ->
     TensorRT-RTX explicit-quantization engine, inspected: every convolution has Q/DQ inputs."""
     from resnet_deploy.checkpoint import load_checkpoint
-    from resnet_deploy.export.pipeline import _register_quantized_ops
+    from resnet_deploy.export.run import _register_quantized_ops
     from resnet_deploy.quantize import load_quantized, quantize_ptq
 
     monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
@@ -327,16 +327,16 @@ def test_broken_tensorrt_fails_in_ci_and_skips_elsewhere(monkeypatch):
 def test_no_engine_from_an_onnx_file_that_failed_parity(tmp_path, monkeypatch):
     """The engine builder is never called for an ONNX file whose parity check failed: the manifest says
     why instead. Runs without TensorRT (the builder is replaced by one that fails the test)."""
-    from resnet_deploy.export import pipeline as export_pipeline
+    from resnet_deploy.export import run as export_run
 
     def builder_must_not_run(*args, **kwargs):
         raise AssertionError("an engine was built from an ONNX file that failed parity")
 
-    monkeypatch.setattr(export_pipeline, "build_engine", builder_must_not_run)
+    monkeypatch.setattr(export_run, "build_engine", builder_must_not_run)
     failed = {"passed": False, "failures": ["top1_agreement 97.00% < 99.5%"]}
     manifest = {"artifacts": [{"kind": "onnx", "precision": "int8", "scheme": "tensorrt", "path": "model-int8-tensorrt.onnx", "parity": failed}],
                 "skipped": []}  # fmt: skip
-    options = export_pipeline.ExportOptions(checkpoint=tmp_path / "model.pt", output_dir=tmp_path)
-    export_pipeline._build_engines(options, manifest, tmp_path, {"build": True, "compute_capability": "8.6"})
+    options = export_run.ExportOptions(checkpoint=tmp_path / "model.pt", output_dir=tmp_path)
+    export_run._build_engines(options, manifest, tmp_path, {"build": True, "compute_capability": "8.6"})
     assert [a["kind"] for a in manifest["artifacts"]] == ["onnx"]
     assert manifest["skipped"] == [{"kind": "tensorrt", "precision": "int8", "reason": "model-int8-tensorrt.onnx failed parity"}]

@@ -10,11 +10,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from resnet_deploy import train as train_module
+from resnet_deploy import train_speed
 from resnet_deploy.checkpoint import read_checkpoint
 from resnet_deploy.cli import main
 from resnet_deploy.errors import UserError
-from resnet_deploy.train import COMPILE_MIN_STEPS, PRECISIONS, TrainConfig, resolve_speed_settings, train
+from resnet_deploy.train import COMPILE_MIN_STEPS, PRECISIONS, TrainConfig, train
+from resnet_deploy.train_speed import resolve_speed_settings
 
 CPU = torch.device("cpu")
 
@@ -31,12 +32,12 @@ def no_compiler_probe(monkeypatch):
     def probe(device):
         raise AssertionError("compile_unavailable_reason called for a short run")
 
-    monkeypatch.setattr(train_module, "compile_unavailable_reason", probe)
+    monkeypatch.setattr(train_speed, "compile_unavailable_reason", probe)
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it(monkeypatch, no_compiler_probe, native, expected):
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: native)
     speed = resolve_speed_settings(TrainConfig(), CPU, total_steps=10)
     assert speed.precision == expected and speed.reasons["precision"].startswith("auto")
     assert speed.compile is False and "too few" in speed.reasons["compile"]
@@ -48,19 +49,19 @@ def test_native_bf16_probe_agrees_with_the_kernel_cpu_flags():
         pytest.skip("no x86 /proc/cpuinfo to compare with")
     flags = cpuinfo.read_text().split()
     expected = torch.backends.mkldnn.is_available() and ("avx512_bf16" in flags or "amx_bf16" in flags)
-    assert train_module.cpu_has_native_bf16() == expected
+    assert train_speed.cpu_has_native_bf16() == expected
 
 
 @pytest.mark.parametrize(("unavailable", "expected"), [(None, True), ("no C++ compiler for Inductor", False)])
 def test_auto_compile_for_long_runs_where_a_compiler_works(monkeypatch, unavailable, expected):
-    monkeypatch.setattr(train_module, "compile_unavailable_reason", lambda device: unavailable)
+    monkeypatch.setattr(train_speed, "compile_unavailable_reason", lambda device: unavailable)
     speed = resolve_speed_settings(TrainConfig(), CPU, total_steps=COMPILE_MIN_STEPS)
     assert speed.compile is expected
     assert (unavailable or "repay") in speed.reasons["compile"]
 
 
 def test_explicit_compile_without_a_compiler_is_a_user_error(monkeypatch):
-    monkeypatch.setattr(train_module, "compile_unavailable_reason", lambda device: "no C++ compiler for Inductor")
+    monkeypatch.setattr(train_speed, "compile_unavailable_reason", lambda device: "no C++ compiler for Inductor")
     with pytest.raises(UserError, match="--compile cannot work here") as info:
         resolve_speed_settings(TrainConfig(compile=True), CPU, total_steps=10)
     assert "--no-compile" in info.value.hint
@@ -68,7 +69,7 @@ def test_explicit_compile_without_a_compiler_is_a_user_error(monkeypatch):
 
 def test_explicit_settings_are_kept_as_given(monkeypatch, no_compiler_probe):
     """What an old checkpoint's config holds (precision fp32/bf16, booleans) passes through unchanged."""
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: True)
     for precision, channels_last in (("fp32", False), ("bf16", True)):
         config = TrainConfig.from_dict({**TrainConfig().to_dict(), "precision": precision, "channels_last": channels_last, "compile": False})
         config.validate()
@@ -97,7 +98,7 @@ def test_resume_keeps_the_settings_of_the_first_launch(tmp_path, synthetic, monk
     auto would now pick bf16 and channels_last."""
     dataset = synthetic.subset(256, 64)
     train(_tiny(precision="fp32", channels_last=False, compile=False), dataset, tmp_path)
-    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(train_speed, "cpu_has_native_bf16", lambda: True)
     train(_tiny(epochs=2), dataset, tmp_path, resume=True)
     saved = read_checkpoint(tmp_path / "last.pt")
     assert saved["epoch"] == 2

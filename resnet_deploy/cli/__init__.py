@@ -117,9 +117,10 @@ logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def _register() -> None:
-    from . import bench_commands, export_commands, import_commands, inspect_commands, quantize_commands, train_commands
+    from . import bench_commands, export_commands, import_commands, inspect_commands, pipeline_commands, quantize_commands, train_commands
 
-    for module in (train_commands, import_commands, quantize_commands, export_commands, inspect_commands, bench_commands):
+    for module in (train_commands, import_commands, quantize_commands, export_commands, inspect_commands, bench_commands,
+                   pipeline_commands):
         for command in module.COMMANDS:
             command.params.extend(verbosity_options())
             main.add_command(command)

@@ -65,7 +65,7 @@ def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, te
       resnet-deploy export runs/r20/best.pt --static-batch 1 --no-tensorrt --name r20-b1
     """
     from ..export import ExportOptions, export_checkpoint
-    from ..export.pipeline import default_run_name
+    from ..export.run import default_run_name
     from ..fileio import sha256_file
 
     ctx = click.get_current_context()
@@ -119,7 +119,7 @@ def build_engine_command(export_dir, precisions, min_batch, opt_batch, max_batch
       resnet-deploy build-engine exports/r20                       # on the target GPU, full TensorRT
       resnet-deploy build-engine exports/r20 --compute-capability 8.9 --precision int8   # TensorRT-RTX, no GPU needed
     """
-    from ..export.pipeline import build_engines_for_export
+    from ..export.run import build_engines_for_export
 
     manifest, manifest_path = build_engines_for_export(
         export_dir, precisions=list(precisions) or None, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,

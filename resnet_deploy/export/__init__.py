@@ -43,7 +43,7 @@ from .onnx_export import (
     verify_onnx_file,
 )
 from .parity import THRESHOLDS, ParityInputs, check_parity, compare_logits, fixed_batch, onnx_session
-from .pipeline import ExportOptions, ExportReport, export_checkpoint
+from .run import ExportOptions, ExportReport, export_checkpoint
 
 __all__ = [
     "DEFAULT_OPSET",

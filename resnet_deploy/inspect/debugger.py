@@ -228,7 +228,7 @@ def inspect_int8(options: InspectOptions) -> dict:
     the JSON record."""
     import onnx
 
-    from ..export.pipeline import ExportOptions
+    from ..export.run import ExportOptions
     from ..quantize.capture import capture
     from . import render, results
     from .ort_taps import naive_exposure

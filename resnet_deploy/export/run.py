@@ -77,59 +77,28 @@ def default_run_name(checkpoint: Path, spec_name: str) -> str:
 def export_checkpoint(options: ExportOptions) -> ExportReport:
     """Run the whole export; see the module docstring. Returns the report; raises VerificationError
     (after writing the manifest) when a parity or graph check failed."""
-    check_opset(options.opset)
-    if options.static_batch is not None and options.static_batch < 1:
-        raise UserError(f"--static-batch must be >= 1, got {options.static_batch}")
-    if options.compute_capability:  # parsed once, here; the caller's options are left as they were
-        options = dataclasses.replace(options, compute_capability=parse_compute_capability(options.compute_capability))
+    options = _checked_options(options)
     loaded = load_checkpoint(options.checkpoint)
-    spec = loaded.spec.to_dict()
-    name = options.name or default_run_name(Path(options.checkpoint), loaded.spec.name)
-    if not RUN_NAME_PATTERN.match(name):
-        raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
-    export_dir = ensure_writable_dir(Path(options.output_dir) / name, what="export directory")
-    remove_stale_temporaries(export_dir)  # left by a killed export; the directory is ours alone
-    dataset = options.dataset
-    if dataset is not None:
-        check_dataset_matches(loaded, dataset.classes, dataset.name)
+    export_dir = _prepare_export_dir(options, loaded)
+    if options.dataset is not None:
+        check_dataset_matches(loaded, options.dataset.classes, options.dataset.name)
     quantized = _load_int8(options) if options.int8_dir is not None else None  # fail fast, before minutes of export
     engine_plan = _plan_tensorrt(options)
 
     manifest = manifest_lib.new_manifest(
         checkpoint_path=Path(options.checkpoint).resolve(),
         checkpoint_sha256=loaded.sha256,
-        spec=spec,
+        spec=loaded.spec.to_dict(),
         normalization=loaded.normalization.to_dict(),
         classes=loaded.classes,
         input_name=INPUT_NAME,
         output_name=OUTPUT_NAME,
     )
     failures: list[str] = []
-    dynamic = options.static_batch is None
-    batch_tag = "" if dynamic else f"-b{options.static_batch}"
-    test_images = dataset.test_images if dataset is not None else None
-    float_inputs = fixed_batch(loaded.normalization, options.fixed_batch_size, test_images,
-                               f"first {options.fixed_batch_size} {dataset.name} test images" if dataset is not None else None)
-    if options.static_batch is not None:
-        float_inputs = _pad_to_multiple(float_inputs, options.static_batch)
-
-    def reference_fp32(batch):
-        return loaded.model(batch)
-
-    float_precisions = ["fp32"] + (["fp16"] if options.fp16 else [])
-    for precision in float_precisions:
-        info = ExportInfo(spec, loaded.normalization.to_dict(), loaded.classes, loaded.sha256, precision)
-        path = export_dir / f"model-{precision}{batch_tag}.onnx"
-        log.info(f"exporting {precision} ONNX -> {path}")
-        result = export_onnx(loaded.model, path, info, dynamic_batch=dynamic, static_batch=options.static_batch,
-                             opset=options.opset, simplify=options.simplify)
-        parity = check_parity(path, reference_fp32, float_inputs, precision, batch_size=_parity_batch(options),
-                              threads=options.threads)
-        _record_onnx(manifest, export_dir, result, parity, failures)
-
+    batch_tag = "" if options.static_batch is None else f"-b{options.static_batch}"
+    _export_float(options, loaded, manifest, export_dir, batch_tag, failures)
     if quantized is not None:
         _export_int8(options, quantized, loaded, manifest, export_dir, batch_tag, failures)
-
     if engine_plan["build"]:
         _build_engines(options, manifest, export_dir, engine_plan)
     else:
@@ -143,6 +112,52 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
             f"{len(failures)} export check(s) failed (manifest written to {manifest_path}):\n  " + "\n  ".join(failures)
         )
     return report
+
+
+def _checked_options(options: ExportOptions) -> ExportOptions:
+    """The options' own checks, before anything is read; the compute capability parsed once, into a
+    copy (the caller's options are left as they were)."""
+    check_opset(options.opset)
+    if options.static_batch is not None and options.static_batch < 1:
+        raise UserError(f"--static-batch must be >= 1, got {options.static_batch}")
+    if options.compute_capability:
+        options = dataclasses.replace(options, compute_capability=parse_compute_capability(options.compute_capability))
+    return options
+
+
+def _prepare_export_dir(options: ExportOptions, loaded) -> Path:
+    """exports/<name>/, writable, with the temporaries of a killed export removed."""
+    name = options.name or default_run_name(Path(options.checkpoint), loaded.spec.name)
+    if not RUN_NAME_PATTERN.match(name):
+        raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    export_dir = ensure_writable_dir(Path(options.output_dir) / name, what="export directory")
+    remove_stale_temporaries(export_dir)  # left by a killed export; the directory is ours alone
+    return export_dir
+
+
+def _export_float(options: ExportOptions, loaded, manifest: dict, export_dir: Path, batch_tag: str,
+                  failures: list[str]) -> None:
+    """FP32 (and with --fp16 FP16) ONNX, each checked against the PyTorch FP32 model on a fixed batch."""
+    dataset = options.dataset
+    test_images = dataset.test_images if dataset is not None else None
+    float_inputs = fixed_batch(loaded.normalization, options.fixed_batch_size, test_images,
+                               f"first {options.fixed_batch_size} {dataset.name} test images" if dataset is not None else None)
+    if options.static_batch is not None:
+        float_inputs = _pad_to_multiple(float_inputs, options.static_batch)
+
+    def reference_fp32(batch):
+        return loaded.model(batch)
+
+    spec = loaded.spec.to_dict()
+    for precision in ["fp32"] + (["fp16"] if options.fp16 else []):
+        info = ExportInfo(spec, loaded.normalization.to_dict(), loaded.classes, loaded.sha256, precision)
+        path = export_dir / f"model-{precision}{batch_tag}.onnx"
+        log.info(f"exporting {precision} ONNX -> {path}")
+        result = export_onnx(loaded.model, path, info, dynamic_batch=options.static_batch is None,
+                             static_batch=options.static_batch, opset=options.opset, simplify=options.simplify)
+        parity = check_parity(path, reference_fp32, float_inputs, precision, batch_size=_parity_batch(options),
+                              threads=options.threads)
+        _record_onnx(manifest, export_dir, result, parity, failures)
 
 
 def _parity_batch(options: ExportOptions) -> int:
@@ -204,14 +219,9 @@ def _load_int8(options: ExportOptions):
 
 def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, export_dir: Path, batch_tag: str,
                  failures: list[str]) -> None:
-    dataset = options.dataset
-    count = min(len(dataset.test_images), options.parity_images or len(dataset.test_images))
-    held_out = ParityInputs(
-        dataset.test_images[:count], quantized.normalization, f"{count} held-out {dataset.name} test images",
-        dataset.test_labels[:count],
-    )
-    if options.static_batch is not None:
-        held_out = _pad_to_multiple(held_out, options.static_batch)
+    """The int8 ONNX of the quantize artifact, its Q/DQ graph checked for the target's runtime and its
+    logits compared with the int8 PyTorch model on held-out test images."""
+    held_out = _held_out_inputs(options, quantized)
     manifest["quantization"] = {
         "artifact_dir": str(Path(quantized.artifact_dir).resolve()),
         "target": quantized.target,
@@ -225,14 +235,37 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
     log.info(f"exporting int8 ({quantized.target} scheme) ONNX -> {path}")
     result = export_onnx(quantized.module, path, info, dynamic_batch=options.static_batch is None,
                          static_batch=options.static_batch, opset=options.opset, simplify=options.simplify)
+    analysis, kernels, problems = _check_qdq_graph(path, quantized.target)
+    parity = _int8_parity(options, path, quantized, held_out, analysis)
+    if problems:
+        parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
+    _record_onnx(manifest, export_dir, result, parity, failures, {"qdq": analysis, "onnxruntime_kernels": kernels})
+
+
+def _held_out_inputs(options: ExportOptions, quantized) -> ParityInputs:
+    """The test split (capped at --parity-images), which calibration never saw."""
+    dataset = options.dataset
+    count = min(len(dataset.test_images), options.parity_images or len(dataset.test_images))
+    held_out = ParityInputs(
+        dataset.test_images[:count], quantized.normalization, f"{count} held-out {dataset.name} test images",
+        dataset.test_labels[:count],
+    )
+    if options.static_batch is not None:
+        held_out = _pad_to_multiple(held_out, options.static_batch)
+    return held_out
+
+
+def _check_qdq_graph(path: Path, target: str) -> tuple[dict, dict, list[str]]:
+    """The Q/DQ analysis of the int8 ONNX, ONNX Runtime's int8 kernel counts, and what the target's
+    runtime would not run as int8."""
     import onnx
 
     from .qdq import analyse_qdq, ort_int8_kernels, qdq_problems_of
 
     analysis = analyse_qdq(onnx.load(str(path)))
-    problems = qdq_problems_of(analysis, quantized.target)
+    problems = qdq_problems_of(analysis, target)
     kernels = ort_int8_kernels(path)
-    if quantized.target == "cpu" and kernels["qlinear_conv"] < analysis["quantized_convolutions"]:
+    if target == "cpu" and kernels["qlinear_conv"] < analysis["quantized_convolutions"]:
         problems.append(
             f"ONNX Runtime fused only {kernels['qlinear_conv']} of {analysis['quantized_convolutions']} quantized "
             "convolutions into int8 QLinearConv kernels"
@@ -241,6 +274,10 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
         f"  Q/DQ: {analysis['quantized_convolutions']}/{analysis['convolutions']} convolutions quantized; ONNX Runtime runs "
         f"{kernels['qlinear_conv']} as QLinearConv, {kernels['float_conv']} in float"
     )
+    return analysis, kernels, problems
+
+
+def _int8_parity(options: ExportOptions, path: Path, quantized, held_out: ParityInputs, analysis: dict) -> dict:
     # Gate on the int8 model's exact integer arithmetic; report the float32 emulation (``.module`` as is)
     # beside it, so the share of disagreement that is emulation noise is visible (see ExactQDQReference).
     parity = check_parity(
@@ -254,9 +291,7 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
             "bias off the int32 grid (x_scale * w_scale); ONNX Runtime's QLinearConv rounds it, the PyTorch model does not. "
             "an artifact from `resnet-deploy quantize` has them on the grid: re-quantize this checkpoint"
         )
-    if problems:
-        parity = {**parity, "passed": False, "failures": parity["failures"] + problems}
-    _record_onnx(manifest, export_dir, result, parity, failures, {"qdq": analysis, "onnxruntime_kernels": kernels})
+    return parity
 
 
 def _register_quantized_ops() -> None:
@@ -301,56 +336,73 @@ def engine_batches(options: ExportOptions) -> BatchRange:
 
 def _build_engines(options: ExportOptions, manifest: dict, export_dir: Path, plan: dict,
                    precisions: list[str] | None = None) -> None:
+    """An engine for every ONNX file of the manifest (of ``precisions``, when given) that TensorRT can
+    take and whose parity passed; the others are recorded as skipped with the reason."""
     batches = engine_batches(options)
     timing_cache = options.timing_cache or Path(options.output_dir) / "tensorrt-timing.cache"
     for artifact in list(manifest["artifacts"]):
-        if artifact["kind"] != "onnx":
+        if artifact["kind"] != "onnx" or (precisions and artifact["precision"] not in precisions):
             continue
-        precision, scheme = artifact["precision"], artifact.get("scheme")
-        if precisions and precision not in precisions:
+        reason = _no_engine_reason(artifact)
+        if reason is not None:
+            manifest_lib.add_skipped(manifest, "tensorrt", artifact["precision"], reason)
             continue
-        if precision == "int8" and scheme != "tensorrt":
-            manifest_lib.add_skipped(
-                manifest, "tensorrt", precision,
-                f"{artifact['path']} uses the {scheme} int8 scheme (uint8 activations, non-zero zero-points), which TensorRT "
-                "rejects; quantize with --target tensorrt for an int8 engine",
-            )
-            continue
-        if not artifact["parity"]["passed"]:
-            manifest_lib.add_skipped(manifest, "tensorrt", precision, f"{artifact['path']} failed parity")
-            continue
-        onnx_path = export_dir / artifact["path"]
-        cc_tag = "sm" + plan["compute_capability"].replace(".", "")
-        engine_path = onnx_path.with_name(f"{onnx_path.stem}.{cc_tag}.engine")
-        log.info(f"building {precision} TensorRT engine -> {engine_path}")
-        if precision == "int8":  # predict every layer's engine precision and fusions from the graph first (inspect --lint)
-            from ..inspect.lint import lint_before_engine_build
-            artifact["qdq_lint"] = lint_before_engine_build(onnx_path)
-        sidecar = build_engine(
-            onnx_path, engine_path, precision=precision,
-            min_batch=batches.min, opt_batch=batches.opt, max_batch=batches.max,
-            workspace_mb=options.workspace_mb, opt_level=options.opt_level, timing_cache=timing_cache,
-            compute_capability=plan["compute_capability"],
-        )
-        log.info(f"  built in {sidecar['build_seconds']:.2f} s, {sidecar['engine']['bytes'] / 2**20:.1f} MiB, "
-                      f"layers {sidecar['layer_precision']['layers']}, quantized convs {sidecar['layer_precision']['quantized_convolutions']}")
-        manifest_lib.add_artifact(manifest, {
-            "kind": "tensorrt",
-            "precision": precision,
-            "scheme": scheme,
-            "path": manifest_lib.relative_to(export_dir, engine_path),
-            "sidecar": manifest_lib.relative_to(export_dir, sidecar_path(engine_path)),
-            "sha256": sidecar["engine"]["sha256"],
-            "onnx": artifact["path"],
-            "min_batch": sidecar["min_batch"],
-            "opt_batch": sidecar["opt_batch"],
-            "max_batch": sidecar["max_batch"],
-            "compute_capability": sidecar["target"]["compute_capability"],
-            "flavour": sidecar["flavour"],
-            "tensorrt_version": sidecar["tensorrt_version"],
-            "build_seconds": sidecar["build_seconds"],
-            "layer_precision": sidecar["layer_precision"],
-        })
+        engine_path, sidecar = _build_engine_of(options, export_dir, artifact, plan["compute_capability"], batches, timing_cache)
+        manifest_lib.add_artifact(manifest, _engine_entry(export_dir, artifact, engine_path, sidecar))
+
+
+def _no_engine_reason(artifact: dict) -> str | None:
+    """Why no engine is built from this ONNX artifact, or None when one is."""
+    precision, scheme = artifact["precision"], artifact.get("scheme")
+    if precision == "int8" and scheme != "tensorrt":
+        return (f"{artifact['path']} uses the {scheme} int8 scheme (uint8 activations, non-zero zero-points), which TensorRT "
+                "rejects; quantize with --target tensorrt for an int8 engine")
+    if not artifact["parity"]["passed"]:
+        return f"{artifact['path']} failed parity"
+    return None
+
+
+def _build_engine_of(options: ExportOptions, export_dir: Path, artifact: dict, compute_capability: str, batches: BatchRange,
+                     timing_cache: Path) -> tuple[Path, dict]:
+    """The engine of one ONNX artifact, next to it; returns its path and sidecar."""
+    precision = artifact["precision"]
+    onnx_path = export_dir / artifact["path"]
+    cc_tag = "sm" + compute_capability.replace(".", "")
+    engine_path = onnx_path.with_name(f"{onnx_path.stem}.{cc_tag}.engine")
+    log.info(f"building {precision} TensorRT engine -> {engine_path}")
+    if precision == "int8":  # predict every layer's engine precision and fusions from the graph first (inspect --lint)
+        from ..inspect.lint import lint_before_engine_build
+        artifact["qdq_lint"] = lint_before_engine_build(onnx_path)
+    sidecar = build_engine(
+        onnx_path, engine_path, precision=precision,
+        min_batch=batches.min, opt_batch=batches.opt, max_batch=batches.max,
+        workspace_mb=options.workspace_mb, opt_level=options.opt_level, timing_cache=timing_cache,
+        compute_capability=compute_capability,
+    )
+    log.info(f"  built in {sidecar['build_seconds']:.2f} s, {sidecar['engine']['bytes'] / 2**20:.1f} MiB, "
+             f"layers {sidecar['layer_precision']['layers']}, quantized convs {sidecar['layer_precision']['quantized_convolutions']}")
+    return engine_path, sidecar
+
+
+def _engine_entry(export_dir: Path, artifact: dict, engine_path: Path, sidecar: dict) -> dict:
+    """The manifest's record of an engine built from ``artifact``."""
+    return {
+        "kind": "tensorrt",
+        "precision": artifact["precision"],
+        "scheme": artifact.get("scheme"),
+        "path": manifest_lib.relative_to(export_dir, engine_path),
+        "sidecar": manifest_lib.relative_to(export_dir, sidecar_path(engine_path)),
+        "sha256": sidecar["engine"]["sha256"],
+        "onnx": artifact["path"],
+        "min_batch": sidecar["min_batch"],
+        "opt_batch": sidecar["opt_batch"],
+        "max_batch": sidecar["max_batch"],
+        "compute_capability": sidecar["target"]["compute_capability"],
+        "flavour": sidecar["flavour"],
+        "tensorrt_version": sidecar["tensorrt_version"],
+        "build_seconds": sidecar["build_seconds"],
+        "layer_precision": sidecar["layer_precision"],
+    }
 
 
 def build_engines_for_export(
