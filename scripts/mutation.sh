@@ -14,7 +14,8 @@
 # tens of seconds each). mutmut counts a mutant whose tests overrun 15x their clean time as killed
 # ("timeout"); on a loaded machine that can be load, not the mutant: --rerun timeout tests those of
 # the sample again (on a quiet machine) and keeps the rest of its results; --rerun survived tests the
-# survivors again after new tests were written for them. The score of a sample estimates the group's score; its JSON records the sample
+# survivors again after new tests were written for them ("no tests" and "not checked": mutants no listed
+# test reached, or of functions changed since, mutmut resets those). The score of a sample estimates the group's score; its JSON records the sample
 # size, the number of mutants it was drawn from and the Wilson 95% interval of the score.
 #
 # Each group runs in its own copy of the working tree (.mutation/<group>/, git-ignored), with a
@@ -56,8 +57,8 @@ rerun_statuses = set()
 if "--rerun" in args:
     at = args.index("--rerun")
     rerun_statuses = set(args[at + 1].split(",")) if at + 1 < len(args) else set()
-    if not rerun_statuses <= {"timeout", "survived", "no tests", "suspicious"}:
-        sys.exit("--rerun takes a comma-separated list of: timeout, survived, suspicious")
+    if not rerun_statuses <= {"timeout", "survived", "no tests", "suspicious", "not checked"}:
+        sys.exit("--rerun takes a comma-separated list of: timeout, survived, no tests, suspicious, not checked")
     del args[at:at + 2]
 if "--sample" in args:
     at = args.index("--sample")
