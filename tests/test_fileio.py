@@ -5,6 +5,7 @@ refusal of damaged torch files. (File modes: test_fileio_modes.py; kills and fau
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +95,14 @@ def test_damaged_torch_file_refusal_gives_the_reason(tmp_path):
     with pytest.raises(UserError, match=r"damaged or not a torch file.*\(Unsupported operand 255\)") as refused:
         fileio.torch_load_safe(path, "checkpoint")
     assert refused.value.hint
+
+
+def test_a_raw_pickle_cut_short_anywhere_is_refused(tmp_path):
+    """torch.load reads raw pickles too; cut short, torch's weights-only reader raises IndexError or
+    struct.error at many places: each is refused as corrupt (exit 2), never a traceback."""
+    blob = pickle.dumps({"classes": ["cat", "dog"], "top1": 91.5, "shape": (3, 32, 32)}, protocol=2)
+    path = tmp_path / "cut.pt"
+    for cut in range(1, len(blob)):
+        path.write_bytes(blob[:cut])
+        with pytest.raises(UserError, match="corrupt|damaged"):
+            fileio.torch_load_safe(path, "checkpoint")
