@@ -623,8 +623,9 @@ def test_environment_variables_are_refused_with_a_message(monkeypatch):
 
     for value in ["abc", "-1", "0", "1e9", "ten"]:
         monkeypatch.setenv(data.MAX_ARCHIVE_BYTES_ENV, value)
-        with pytest.raises(UserError, match=data.MAX_ARCHIVE_BYTES_ENV):
+        with pytest.raises(UserError, match=data.MAX_ARCHIVE_BYTES_ENV) as refused:
             data.max_archive_bytes()
+        assert refused.value.hint  # an example of a value that works
     for value, expected in [("", data.MAX_ARCHIVE_BYTES), ("  ", data.MAX_ARCHIVE_BYTES), ("20000", 20000), ("1_000", 1000)]:
         monkeypatch.setenv(data.MAX_ARCHIVE_BYTES_ENV, value)
         assert data.max_archive_bytes() == expected
