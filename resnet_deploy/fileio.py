@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -183,8 +184,9 @@ def torch_load_safe(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             + (f" ({detail.group(0).strip()})" if detail else ""),
             hint="only load files from sources you trust; resnet-deploy never unpickles arbitrary objects",
         ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError) as exc:
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, IndexError, struct.error) as exc:
         # An empty file raises EOFError with no message: name the exception rather than index nothing.
+        # A raw pickle cut short raises IndexError (an opcode popping an empty stack) or struct.error.
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"{what} {path} is corrupt or not a torch file: {reason}") from exc
 

@@ -215,6 +215,19 @@ def test_image_folder_sources(tmp_path, kind):
     assert dataset.train_images[dataset.train_labels == 1][:, 0, 0, 0].tolist() == [100, 100, 100]
 
 
+def test_archive_with_a_one_letter_file_name_loads(tmp_path):
+    """A file beside the class folders whose name is one letter (a notes file "N") is skipped like
+    any file that is not an image under train/<class>/; the absolute-path check must not trip on it."""
+    write_image_folder(tmp_path / "tree" / "pets", per_class=1)
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "tree" / "pets", arcname="pets")
+        info = tarfile.TarInfo("N")
+        info.size = 5
+        tar.addfile(info, io.BytesIO(b"notes"))
+    assert load_dataset("imagefolder", archive, cache_dir=tmp_path / "cache").classes == ["cats", "dogs"]
+
+
 def test_path_traversal_archive_is_refused(tmp_path):
     archive = tmp_path / "evil.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

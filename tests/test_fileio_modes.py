@@ -52,6 +52,18 @@ def test_umask_is_read_without_changing_it(monkeypatch):
     assert read == 0o037 and calls == []
 
 
+def test_umask_is_read_even_when_the_status_file_is_not_ascii(tmp_path, monkeypatch):
+    """The process name in /proc/self/status is whatever bytes it was given (a non-ASCII script
+    name, prctl): the Umask line is still read, without setting the umask."""
+    status = tmp_path / "status"
+    status.write_bytes("Name:\tpythön-trainer\nUmask:\t0027\n".encode("utf-8"))
+    monkeypatch.setattr(fileio, "_PROC_STATUS", str(status))
+    calls = []
+    real_umask = os.umask
+    monkeypatch.setattr(os, "umask", lambda value: calls.append(value) or real_umask(value))
+    assert fileio.current_umask() == 0o027 and calls == []
+
+
 def test_fallback_sets_and_restores_the_umask(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio, "_PROC_STATUS", str(tmp_path / "absent"))
     with umask(0o027):

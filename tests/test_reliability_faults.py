@@ -232,7 +232,8 @@ def test_read_only_output_is_refused_up_front(tmp_path, monkeypatch, figures):
         result = _train_cli(folder / "run")
         folder_kind = "read-only tmpfs" if mounted else "chmod 555 folder"
     assert result.exit_code == 2, result.output
-    assert "--output" in result.output and "is not writable" in result.output
+    cause = "Read-only file system" if mounted else "Permission denied"  # the system's reason, as docs/reliability.md quotes it
+    assert "--output" in result.output and f"is not writable: {cause}" in result.output, result.output
     figures("read_only_output", {"file system": folder_kind, "exit_code": result.exit_code, "message": result.output.strip().splitlines()[0][:160]})
 
 

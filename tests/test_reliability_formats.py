@@ -247,10 +247,42 @@ def test_sidecar_with_a_wrong_nested_field_names_it(tmp_path, fake_tensorrt):
         (("onnx", "file"), None, "onnx.file"),
         (("shapes", "input", "max"), [16, 3, 32], "shapes.input"),
         (("max_batch",), 0, "min_batch/opt_batch/max_batch"),
+        (("min_batch",), 0, "min_batch/opt_batch/max_batch"),  # in order (0 <= 8 <= 16), but no batch of 0
+        (("shapes", "input", "min"), [1, 3, 32.5, 32], "shapes.input"),  # a size that is not an integer
+        (("shapes", "input", "opt"), [0, 3, 32, 32], "shapes.input"),  # a batch of 0
+        (("input_name",), 7, "input_name/output_name"),
     ]:
         _write_json(fake_tensorrt.sidecar_path(engine), _apply(copy.deepcopy(sidecar), path, value))
         with pytest.raises(UserError, match=re.escape(f"'{named}' is not")):
             fake_tensorrt.check_engine(engine)
+
+
+def test_sidecar_of_a_newer_resnet_deploy_or_another_tensorrt_is_refused(tmp_path, fake_tensorrt):
+    """A sidecar version this resnet-deploy does not know is refused as newer (its fields may mean
+    something else); an engine of another TensorRT version is refused with a hint of what to do."""
+    engine, sidecar = _engine_folder(tmp_path / "trt")
+    _write_json(fake_tensorrt.sidecar_path(engine), {**sidecar, "version": 2})
+    with pytest.raises(UserError, match="newer resnet-deploy"):
+        fake_tensorrt.check_engine(engine)
+    _write_json(fake_tensorrt.sidecar_path(engine), {**sidecar, "tensorrt_version": "1.6.1.120"})
+    with pytest.raises(UserError, match="1.6.1.120") as refused:
+        fake_tensorrt.check_engine(engine)
+    assert refused.value.hint
+
+
+def test_model_registry_with_a_bad_model_spec_names_the_field(tmp_path):
+    """A hand-edited registry entry whose model spec has a class count out of range or a shortcut that
+    is not a string is refused naming the field (not a KeyError, not a model built from it)."""
+    from resnet_deploy import zoo
+
+    spec = {"name": "resnet20", "num_classes": 10, "plain": False, "shortcut": "A"}
+    entry = {"name": "tiny", "file": "checkpoints/tiny.pt", "sha256": "0" * 64, "bytes": 7, "model": spec,
+             "dataset": {"name": "synthetic"}, "top1_full": {"top1": 50.0}, "epochs": 1}  # fmt: skip
+    for field, value in [("num_classes", 1), ("num_classes", 2**31), ("shortcut", 5)]:
+        registry = {"format": "resnet-deploy/zoo", "version": 1, "models": {"tiny": {**entry, "model": {**spec, field: value}}}}
+        _write_json(tmp_path / "registry.json", registry)
+        with pytest.raises(UserError, match=re.escape(f"'models.tiny.model.{field}' is")):
+            zoo.read_registry(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------- export manifest
@@ -591,8 +623,9 @@ def test_environment_variables_are_refused_with_a_message(monkeypatch):
 
     for value in ["abc", "-1", "0", "1e9", "ten"]:
         monkeypatch.setenv(data.MAX_ARCHIVE_BYTES_ENV, value)
-        with pytest.raises(UserError, match=data.MAX_ARCHIVE_BYTES_ENV):
+        with pytest.raises(UserError, match=data.MAX_ARCHIVE_BYTES_ENV) as refused:
             data.max_archive_bytes()
+        assert refused.value.hint  # an example of a value that works
     for value, expected in [("", data.MAX_ARCHIVE_BYTES), ("  ", data.MAX_ARCHIVE_BYTES), ("20000", 20000), ("1_000", 1000)]:
         monkeypatch.setenv(data.MAX_ARCHIVE_BYTES_ENV, value)
         assert data.max_archive_bytes() == expected
