@@ -188,8 +188,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input,
     130/143 interrupted by SIGINT/SIGTERM (partial results written).
     """
-    from ..backends import load_export_manifest
-    from ..bench import benchmark_artifacts, raise_if_failed, raise_if_interrupted
+    from ..bench import benchmark_artifacts, load_export_manifest, raise_if_failed, raise_if_interrupted
     from ..bench.run import benched_checkpoint
     from ..fileio import sha256_file
 
