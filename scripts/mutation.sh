@@ -6,6 +6,7 @@
 #   bash scripts/mutation.sh                 # every group (hours on 2 cores: run on a free machine)
 #   bash scripts/mutation.sh sidecar fileio  # some groups
 #   bash scripts/mutation.sh --list          # the groups, their modules and tests
+#   bash scripts/mutation.sh --table         # the recorded scores as docs/reliability.md's Markdown table
 #   bash scripts/mutation.sh --sample 80     # a seeded random sample of 80 mutants per group
 #   bash scripts/mutation.sh --sample 80 --rerun timeout,survived  # test again those of the sample
 #
@@ -81,6 +82,20 @@ if args == ["--list"]:
         print(f"{name}:\n  modules: {' '.join(lines(section, 'modules'))}\n  tests:   {' '.join(lines(section, 'tests'))}")
         if lines(section, "mutants"):
             print(f"  mutants: {' '.join(lines(section, 'mutants'))}")
+    sys.exit(0)
+if args == ["--table"]:
+    print("| group | mutants tested (of) | killed | timeout | survived | no tests | score (95% interval) | timeouts as survivors | commit |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name in groups:
+        path = root / "benchmarks" / "results" / "mutation" / f"{name}.json"
+        if not path.is_file():
+            print(f"| `{name}` | not run | | | | | | | |")
+            continue
+        r = json.loads(path.read_text())
+        c, low_high = r["by_status"], r.get("score_wilson95_percent") or ["-", "-"]
+        print(f"| `{name}` | {r['mutants']} ({r.get('sampled_from') or r['mutants']}) | {c.get('killed', 0)} | {c.get('timeout', 0)} | "
+              f"{c.get('survived', 0)} | {c.get('no tests', 0)} | {r['score_percent']}% ({low_high[0]}-{low_high[1]}) | "
+              f"{r.get('score_timeouts_as_survivors_percent', '-')}% | {r['git_commit'][:7]} |")
     sys.exit(0)
 unknown = [a for a in args if a not in groups]
 if unknown:
