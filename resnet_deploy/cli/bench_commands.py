@@ -13,6 +13,7 @@ from .. import progress
 from ..backends.base import BACKENDS, PRECISIONS
 from ..backends.openvino import PERFORMANCE_HINTS
 from ..errors import UserError
+from ..run_names import check_run_name
 from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left, parse_int_list, refuse_overwrite, results_differences
 
 
@@ -195,8 +196,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     runner_options, settings, thresholds = make_bench_config(options)
     if checkpoint is None and not export_dirs:
         raise UserError("give --checkpoint, --export, or both", hint="e.g. resnet-deploy bench --export exports/r20 --data-dir DATA")
-    if not run_name or "/" in run_name or run_name in (".", ".."):
-        raise UserError(f"--name must be a plain folder name, got {run_name!r}")
+    check_run_name(run_name)
     dataset = load_data()
     output_dir = Path(output_root) / run_name
     benched = benched_checkpoint(checkpoint, [(Path(d), load_export_manifest(d)) for d in export_dirs[:1]])

@@ -65,13 +65,13 @@ def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, te
       resnet-deploy export runs/r20/best.pt --static-batch 1 --no-tensorrt --name r20-b1
     """
     from ..export import ExportOptions, export_checkpoint
-    from ..export.run import default_run_name
     from ..fileio import sha256_file
+    from ..run_names import export_run_name
 
     ctx = click.get_current_context()
     has_data = bool(ctx.params.get("data_dir")) or ctx.params.get("dataset") == "synthetic"
     dataset = load_data() if has_data else None
-    export_dir = Path(output_dir) / (name or default_run_name(Path(checkpoint), "model"))
+    export_dir = Path(output_dir) / (name or export_run_name(checkpoint, "model"))
     if Path(checkpoint).is_file():  # a missing one is the export's to report
         refuse_overwrite(export_dir, "manifest.json", checkpoint_differences(checkpoint, sha256_file(checkpoint)), what="an export",
                          force=force, instead="give another --name")

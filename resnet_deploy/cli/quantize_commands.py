@@ -13,14 +13,8 @@ from click.core import ParameterSource
 from . import logs
 from ..errors import UserError
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
+from ..run_names import check_run_name, quantize_run_name
 from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
-
-
-def default_run_name(checkpoint: str, target: str, qat: bool) -> str:
-    """``runs/r20/best.pt`` -> ``r20-tensorrt`` (``-qat`` added for QAT)."""
-    path = Path(checkpoint)
-    base = path.parent.name if path.stem in ("best", "last") and path.parent.name else path.stem
-    return f"{base or 'model'}-{target}{'-qat' if qat else ''}"
 
 
 @click.command()
@@ -99,9 +93,7 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
                   hint="add --method percentile, or drop {options}")
     _check_device(qat, device)
     keep = [part.strip() for part in keep_float.split(",") if part.strip()]
-    name = run_name or default_run_name(checkpoint, target, qat)
-    if run_name is not None and (not run_name or "/" in run_name or run_name in (".", "..")):
-        raise UserError(f"--run-name must be a plain directory name, got {run_name!r}")
+    name = quantize_run_name(checkpoint, target, qat) if run_name is None else check_run_name(run_name, "--run-name")
     output_dir = Path(output) if output else Path("calibration") / name
     load_data.check()
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,14 +21,13 @@ from ..checkpoint import check_dataset_matches, load_checkpoint
 from ..data import ImageDataset
 from ..errors import UserError, VerificationError
 from ..fileio import ensure_writable_dir, remove_stale_temporaries
+from ..run_names import check_export_name, export_run_name
 from . import manifest as manifest_lib
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, ExportInfo, check_opset, export_onnx
 from .parity import FIXED_BATCH_SIZE, ExactQDQReference, ParityInputs, check_parity, describe_failure, fixed_batch
 from ..tensorrt import BatchRange, build_engine, parse_compute_capability, runtime, sidecar_path
 
 log = logging.getLogger(__name__)
-
-RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass
@@ -64,14 +62,6 @@ class ExportReport:
     manifest_path: Path
     manifest: dict
     failures: list[str] = field(default_factory=list)
-
-
-def default_run_name(checkpoint: Path, spec_name: str) -> str:
-    """runs/r20/best.pt -> 'r20'; a checkpoint without a meaningful folder -> its stem or the model name."""
-    parent = checkpoint.resolve().parent.name
-    candidate = parent if parent and parent not in (".", "runs", "checkpoints") else checkpoint.stem
-    candidate = re.sub(r"[^A-Za-z0-9._-]+", "-", candidate).strip("-.") or spec_name
-    return candidate
 
 
 def export_checkpoint(options: ExportOptions) -> ExportReport:
@@ -127,9 +117,7 @@ def _checked_options(options: ExportOptions) -> ExportOptions:
 
 def _prepare_export_dir(options: ExportOptions, loaded) -> Path:
     """exports/<name>/, writable, with the temporaries of a killed export removed."""
-    name = options.name or default_run_name(Path(options.checkpoint), loaded.spec.name)
-    if not RUN_NAME_PATTERN.match(name):
-        raise UserError(f"--name {name!r} must be letters, digits, '.', '_' or '-' (it becomes a folder name)")
+    name = check_export_name(options.name or export_run_name(options.checkpoint, loaded.spec.name))
     export_dir = ensure_writable_dir(Path(options.output_dir) / name, what="export directory")
     remove_stale_temporaries(export_dir)  # left by a killed export; the directory is ours alone
     return export_dir
