@@ -447,6 +447,27 @@ def test_bench_cli_user_errors(arguments, message):
     assert message in result.output
 
 
+@pytest.mark.parametrize("command", ["bench", "pipeline"])
+def test_every_bench_option_default_is_the_library_default(command):
+    """The options' defaults, turned into settings as the command does, are exactly RunnerOptions(),
+    BenchSettings() and Thresholds(): a default changed on one side only fails here."""
+    import dataclasses
+
+    from resnet_deploy.backends import RunnerOptions
+    from resnet_deploy.bench import BenchSettings, Thresholds
+    from resnet_deploy.cli.bench_commands import make_bench_config
+
+    defaults = {param.name: param.default for param in main.commands[command].params}
+    defaults["verify"] = True  # pipeline's default; bench's --verify: both give Thresholds
+    runner_options, settings, thresholds = make_bench_config(defaults)
+
+    def as_lists(options):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(options).items()}
+
+    assert as_lists(runner_options) == as_lists(RunnerOptions())
+    assert settings == BenchSettings() and thresholds == Thresholds()
+
+
 def test_bench_cli_verify_fails_on_a_perturbed_export_and_names_the_row(trained, tmp_path):
     """An 'export' whose FP32 ONNX comes from perturbed weights: --verify exits 1 naming that row,
     after writing the report that shows why."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -229,6 +230,20 @@ def test_save_load_round_trip_is_exact(synthetic_artifact, trained_checkpoint_sy
     assert loaded.metrics["int8"]["top1"] == manifest["metrics"]["int8"]["top1"]
     qparams = json.loads((folder / "qparams.json").read_text())["tensors"]
     assert len(qparams) == manifest["qparams_summary"]["activations"] + manifest["qparams_summary"]["weights"] == 51
+
+
+def test_without_torchao_quantizing_says_how_to_install_it_and_loading_still_works(synthetic_artifact, monkeypatch):
+    """One registration of the quantize ops (quantize.artifact.register_quant_ops): quantizing needs
+    torchao and names the install command; loading a saved artifact needs only the ops, which torch's own
+    op library defines."""
+    from resnet_deploy.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "torchao.quantization.pt2e.quantize_pt2e", None)  # import fails: torchao "missing"
+    with pytest.raises(MissingDependencyError, match="pip install 'torchao"):
+        ptq_convert(torch.nn.Identity(), np.zeros((1, 32, 32, 3), np.uint8), None)
+    folder, in_memory = synthetic_artifact
+    x = torch.randn(3, 3, 32, 32)
+    assert torch.equal(load_quantized(folder).module(x), in_memory.module(x))
 
 
 def test_loaded_module_exports_to_onnx_with_dynamic_batch(synthetic_artifact, tmp_path):

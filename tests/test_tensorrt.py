@@ -279,13 +279,11 @@ def test_int8_qdq_engine_from_a_quantized_model(synthetic_checkpoint, synthetic,
     """The int8 path end to end without the trained fixture: PT2E (tensorrt scheme) -> Q/DQ ONNX ->
     TensorRT-RTX explicit-quantization engine, inspected: every convolution has Q/DQ inputs."""
     from resnet_deploy.checkpoint import load_checkpoint
-    from resnet_deploy.export.run import _register_quantized_ops
     from resnet_deploy.quantize import load_quantized, quantize_ptq
 
     monkeypatch.setattr(trt_runtime, "current_gpu", lambda: None)
     loaded = load_checkpoint(synthetic_checkpoint)
     quantize_ptq(loaded, synthetic, tmp_path / "q", target="tensorrt", calib_size=128, evaluate=False)
-    _register_quantized_ops()
     quantized = load_quantized(tmp_path / "q", checkpoint=synthetic_checkpoint)
     info = ExportInfo(loaded.spec.to_dict(), loaded.normalization.to_dict(), loaded.classes, loaded.sha256, "int8", "tensorrt")
     onnx_path = export_onnx(quantized.module, tmp_path / "model-int8-tensorrt.onnx", info).path

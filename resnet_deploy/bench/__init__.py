@@ -42,23 +42,41 @@ The modules, one job each (imports run down this list, never up):
 ``results``   build_results (environment from :mod:`resnet_deploy.environment`)
 ``run``       benchmark_artifacts: checkpoint + artifacts -> runners -> results -> report
 
-Every name below is importable from ``resnet_deploy.bench`` as before the split. To replace one in a
-test, patch it where it is used (e.g. ``resnet_deploy.bench.latency.measure_latency`` for the sweep),
+Every name below is importable from ``resnet_deploy.bench`` as before the split (those of the modules
+that import torch on first use, as in ``resnet_deploy.backends``). To replace one in a test, patch it
+where it is used (e.g. ``resnet_deploy.bench.latency.measure_latency`` for the sweep),
 not here: patching ``resnet_deploy.bench.X`` changes only this namespace.
 """
 
-from ..environment import collect_environment
-from .accuracy import accuracy_metrics, parity_metrics, predict
-from .artifacts import ExportedFile, Exports, load_export_manifest, load_exports, merge_exports
-from .latency import latency_input, measure_latency, sweep_latency
-from .memory import is_out_of_memory
-from .results import build_results
-from .rows import run_benchmark
-from .run import benchmark_artifacts
-from .runners import build_runners
+from __future__ import annotations
+
+import importlib
+
 from .settings import RESULTS_FORMAT, RESULTS_VERSION, BenchSettings, Thresholds
 from .stopping import BenchInterrupted, raise_if_interrupted
-from .verify import apply_verification, raise_if_failed, verify_results
+
+# The other names' modules import torch: loaded on first use (PEP 562), so that the CLI can build its
+# options from BenchSettings' and Thresholds' defaults without importing torch at start-up.
+_LAZY_NAMES = {
+    "..environment": ("collect_environment",),
+    ".accuracy": ("accuracy_metrics", "parity_metrics", "predict"),
+    ".artifacts": ("ExportedFile", "Exports", "load_export_manifest", "load_exports", "merge_exports"),
+    ".latency": ("latency_input", "measure_latency", "sweep_latency"),
+    ".memory": ("is_out_of_memory",),
+    ".results": ("build_results",),
+    ".rows": ("run_benchmark",),
+    ".run": ("benchmark_artifacts",),
+    ".runners": ("build_runners",),
+    ".verify": ("apply_verification", "raise_if_failed", "verify_results"),
+}
+_MODULE_OF = {name: module for module, names in _LAZY_NAMES.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "RESULTS_FORMAT",

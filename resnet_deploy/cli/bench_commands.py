@@ -11,10 +11,13 @@ from click.core import ParameterSource
 
 from .. import progress
 from ..backends.base import BACKENDS, PRECISIONS
+from ..backends.onnxruntime import GRAPH_OPTIMIZATION_LEVELS, PROVIDERS
 from ..backends.openvino import PERFORMANCE_HINTS
+from ..backends.options import RunnerOptions
+from ..bench.settings import BenchSettings, Thresholds
 from ..errors import UserError
 from ..run_names import check_run_name
-from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left, parse_int_list, refuse_overwrite, results_differences
+from .options import CHECKPOINT, dataset_options, default_of, echo_json, force_option, no_empty_folders_left, parse_int_list, refuse_overwrite, results_differences
 
 
 def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
@@ -25,6 +28,11 @@ def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str
     if unknown:
         raise UserError(f"{option} accepts {', '.join(choices)} or all (comma-separated), got {', '.join(unknown)}")
     return values
+
+
+def _choices_text(values, choices: tuple[str, ...]) -> str:
+    """A list of choices as the option spells it (the reverse of ``_parse_choices``)."""
+    return "all" if tuple(values) == tuple(choices) else ",".join(values)
 
 
 def bench_options(func=None, *, verify_default: bool = False):
@@ -38,31 +46,32 @@ def bench_options(func=None, *, verify_default: bool = False):
          "Gate on the thresholds below: exit 1 naming each failing row.")
         + " Of --verify and --no-verify, the last one given wins."
     )
+    # Every default is the library's: RunnerOptions', BenchSettings' and Thresholds' field defaults.
     decorators = [
-        click.option("--backend", "backends", default="all", show_default=True, help=f"Comma list of {', '.join(BACKENDS)}, or all. FP32 PyTorch eager always runs: it is the baseline."),
-        click.option("--precision", "precisions", default="all", show_default=True, help=f"Comma list of {', '.join(PRECISIONS)}, or all."),
-        click.option("--batch-sizes", default="1,8,32,128,256", show_default=True, help="Batch sizes of the latency sweep."),
-        click.option("--accuracy-batch-size", default=500, show_default=True, type=click.IntRange(min=1), help="Batch size of the accuracy pass (capped at an engine's max batch)."),
-        click.option("--copies/--no-copies", "include_copies", default=True, show_default=True, help="Time host->device input and device->host output copies on GPU rows."),
-        click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch FP32/FP16/BF16 rows: cpu, cuda, cuda:N."),
-        click.option("--threads", type=click.IntRange(min=1), help="CPU threads for torch, ONNX Runtime intra-op and OpenVINO [physical cores]."),
-        click.option("--compile", "compile_", is_flag=True, help="Add a torch.compile FP32 row (compiles once per batch size)."),
-        click.option("--channels-last", is_flag=True, help="NHWC memory format for PyTorch rows."),
-        click.option("--ort-provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True, help="ONNX Runtime execution provider."),
-        click.option("--graph-optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all", show_default=True, help="ONNX Runtime graph optimization level."),
-        click.option("--ov-hint", type=click.Choice(PERFORMANCE_HINTS), default="latency", show_default=True,
+        click.option("--backend", "backends", default=_choices_text(default_of(RunnerOptions, "backends"), BACKENDS), show_default=True, help=f"Comma list of {', '.join(BACKENDS)}, or all. FP32 PyTorch eager always runs: it is the baseline."),
+        click.option("--precision", "precisions", default=_choices_text(default_of(RunnerOptions, "precisions"), PRECISIONS), show_default=True, help=f"Comma list of {', '.join(PRECISIONS)}, or all."),
+        click.option("--batch-sizes", default=",".join(map(str, default_of(BenchSettings, "batch_sizes"))), show_default=True, help="Batch sizes of the latency sweep."),
+        click.option("--accuracy-batch-size", default=default_of(BenchSettings, "accuracy_batch_size"), show_default=True, type=click.IntRange(min=1), help="Batch size of the accuracy pass (capped at an engine's max batch)."),
+        click.option("--copies/--no-copies", "include_copies", default=default_of(BenchSettings, "include_copies"), show_default=True, help="Time host->device input and device->host output copies on GPU rows."),
+        click.option("--device", default=default_of(RunnerOptions, "device"), show_default=True, help="Device of the PyTorch FP32/FP16/BF16 rows: cpu, cuda, cuda:N."),
+        click.option("--threads", default=default_of(RunnerOptions, "threads"), type=click.IntRange(min=1), help="CPU threads for torch, ONNX Runtime intra-op and OpenVINO [physical cores]."),
+        click.option("--compile", "compile_", is_flag=True, default=default_of(RunnerOptions, "compile"), help="Add a torch.compile FP32 row (compiles once per batch size)."),
+        click.option("--channels-last", is_flag=True, default=default_of(RunnerOptions, "channels_last"), help="NHWC memory format for PyTorch rows."),
+        click.option("--ort-provider", type=click.Choice(list(PROVIDERS)), default=default_of(RunnerOptions, "ort_provider"), show_default=True, help="ONNX Runtime execution provider."),
+        click.option("--graph-optimization", type=click.Choice(GRAPH_OPTIMIZATION_LEVELS), default=default_of(RunnerOptions, "graph_optimization"), show_default=True, help="ONNX Runtime graph optimization level."),
+        click.option("--ov-hint", type=click.Choice(PERFORMANCE_HINTS), default=default_of(RunnerOptions, "ov_hint"), show_default=True,
                      help="OpenVINO PERFORMANCE_HINT: latency (one stream) or throughput (several streams; each batch is split across one infer request per stream)."),
-        click.option("--cuda-graph", is_flag=True, help="Capture TensorRT enqueues in CUDA graphs."),
-        click.option("--no-accuracy", is_flag=True, help="Skip the accuracy pass (latency only; --verify needs it)."),
-        click.option("--no-latency", is_flag=True, help="Skip the latency sweep (accuracy only)."),
-        click.option("--warmup", default=5, show_default=True, type=click.IntRange(min=0), help="Warm-up iterations per batch size (and >= 0.3 s)."),
-        click.option("--min-iterations", default=20, show_default=True, type=click.IntRange(min=1), help="Timed iterations per batch size, at least."),
-        click.option("--min-time", default=1.0, show_default=True, type=click.FloatRange(min=0), help="Seconds of timed iterations per batch size, at least."),
-        click.option("--max-time", default=5.0, show_default=True, type=click.FloatRange(min=0), help="Seconds per batch size at most, even if the figure is still noisy."),
+        click.option("--cuda-graph", is_flag=True, default=default_of(RunnerOptions, "cuda_graph"), help="Capture TensorRT enqueues in CUDA graphs."),
+        click.option("--no-accuracy", is_flag=True, default=not default_of(BenchSettings, "accuracy"), help="Skip the accuracy pass (latency only; --verify needs it)."),
+        click.option("--no-latency", is_flag=True, default=not default_of(BenchSettings, "latency"), help="Skip the latency sweep (accuracy only)."),
+        click.option("--warmup", default=default_of(BenchSettings, "warmup_iterations"), show_default=True, type=click.IntRange(min=0), help=f"Warm-up iterations per batch size (and >= {default_of(BenchSettings, 'warmup_seconds'):g} s)."),
+        click.option("--min-iterations", default=default_of(BenchSettings, "min_iterations"), show_default=True, type=click.IntRange(min=1), help="Timed iterations per batch size, at least."),
+        click.option("--min-time", default=default_of(BenchSettings, "min_seconds"), show_default=True, type=click.FloatRange(min=0), help="Seconds of timed iterations per batch size, at least."),
+        click.option("--max-time", default=default_of(BenchSettings, "max_seconds"), show_default=True, type=click.FloatRange(min=0), help="Seconds per batch size at most, even if the figure is still noisy."),
         click.option("--verify/--no-verify", default=verify_default, show_default=True, help=verify_help),
-        click.option("--min-fp32-agreement", default=100.0, show_default=True, type=float, help="FP32 rows: top-1 agreement with FP32 PyTorch, %."),
-        click.option("--min-fp16-agreement", default=99.9, show_default=True, type=float, help="FP16/BF16 rows: top-1 agreement with FP32 PyTorch, %."),
-        click.option("--max-int8-drop", default=0.5, show_default=True, type=float, help="int8 rows: top-1 drop against FP32 PyTorch, points."),
+        click.option("--min-fp32-agreement", default=default_of(Thresholds, "fp32_min_agreement"), show_default=True, type=float, help="FP32 rows: top-1 agreement with FP32 PyTorch, %."),
+        click.option("--min-fp16-agreement", default=default_of(Thresholds, "fp16_min_agreement"), show_default=True, type=float, help="FP16/BF16 rows: top-1 agreement with FP32 PyTorch, %."),
+        click.option("--max-int8-drop", default=default_of(Thresholds, "int8_max_top1_drop"), show_default=True, type=float, help="int8 rows: top-1 drop against FP32 PyTorch, points."),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -71,8 +80,7 @@ def bench_options(func=None, *, verify_default: bool = False):
 
 def make_bench_config(options: dict):
     """RunnerOptions, BenchSettings and Thresholds|None from the shared options (popped from ``options``)."""
-    from ..backends import RunnerOptions, parse_device
-    from ..bench import BenchSettings, Thresholds
+    from ..backends import parse_device
 
     device, device_id = parse_device(options.pop("device"))
     if options["no_accuracy"] and options["no_latency"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -15,6 +16,13 @@ from ..data import DATASET_NAMES, ImageDataset, load_dataset
 from ..errors import UserError
 
 DATA_ENV = "RESNET_DEPLOY_DATA"  # where the dataset is when --data-dir is not given
+
+
+def default_of(cls: type, name: str):
+    """The default of dataclass ``cls``'s field ``name`` (its default_factory called): an option reads
+    it there, so that the library's default is the one definition and the CLI repeats none."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def dataset_options(func: Callable) -> Callable:

@@ -198,8 +198,7 @@ def _load_int8(options: ExportOptions):
             "int8 parity runs on held-out test images: pass --data-dir (and --dataset) with --int8",
             hint="the int8 ONNX is compared with the PyTorch int8 model on the test split, which calibration never saw",
         )
-    _register_quantized_ops()
-    quantized = load_quantized(options.int8_dir, checkpoint=options.checkpoint)
+    quantized = load_quantized(options.int8_dir, checkpoint=options.checkpoint)  # registers the quantize ops first
     if list(quantized.classes) and list(quantized.classes) != list(options.dataset.classes):
         raise UserError(f"{options.int8_dir} was quantized for classes {list(quantized.classes)[:4]}..., not {options.dataset.name}'s")
     return quantized
@@ -280,15 +279,6 @@ def _int8_parity(options: ExportOptions, path: Path, quantized, held_out: Parity
             "an artifact from `resnet-deploy quantize` has them on the grid: re-quantize this checkpoint"
         )
     return parity
-
-
-def _register_quantized_ops() -> None:
-    """Deserialising a PT2E program needs the ``quantized_decomposed`` ops registered first; importing
-    torchao's PT2E package does that (harmless when the quantize stage already did)."""
-    try:
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-    except ImportError:
-        pass
 
 
 def _plan_tensorrt(options: ExportOptions) -> dict:

@@ -27,9 +27,10 @@ from typing import Any, Callable
 import torch
 
 from ..data import Normalization
-from ..errors import UserError
+from ..errors import MissingDependencyError, UserError
 from ..fileio import atomic_path, read_json, sha256_file, write_json
 from ..models import ModelSpec
+from ..optional import TORCHAO
 from ..validation import Fields, is_dict_list, is_file_name, is_int, is_number, is_sha256, is_str_list, model_spec_problems, normalization_ok
 from .quantizer import layer_name
 
@@ -40,12 +41,17 @@ PROGRAM = "program.pt2"
 QPARAMS = "qparams.json"
 
 
-def register_quant_ops() -> None:
-    """Register the ``quantized_decomposed`` ops a converted program calls (torchao's PT2E
-    registers them on import); a saved program cannot be deserialised before that."""
+def register_quant_ops(*, required: bool = False) -> None:
+    """Register the ``quantized_decomposed`` ops a converted program calls (torchao's PT2E registers
+    them on import); a saved program cannot be deserialised before that. The one place every stage
+    does it: quantizing needs torchao itself (``required``: missing, it raises the install message);
+    loading, exporting and rewriting a converted program need only the ops, which torch still defines
+    when torchao is missing."""
     try:
-        import torchao.quantization.pt2e.utils  # noqa: F401
-    except ImportError:  # torchao missing: torch still defines the same op library
+        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (imports pt2e.utils, which registers)
+    except ImportError as exc:
+        if required:
+            raise MissingDependencyError(TORCHAO, f"pip install '{TORCHAO}'", "int8 quantization") from exc
         import torch.ao.quantization.fx._decomposed  # noqa: F401
 
 

@@ -10,20 +10,11 @@ import torch
 
 from .. import progress
 from ..data import ImageDataset, Normalization, calibration_indices, normalize, to_tensor_images
-from ..errors import MissingDependencyError, UserError
-from ..optional import TORCHAO
+from ..errors import UserError
 from . import calibration
 from .quantizer import Int8Scheme, make_quantizer, quantizable_layers, resolve_layer_names, scheme_for
 
 MAX_BATCH = 65536
-
-
-def require_torchao() -> None:
-    """torchao's PT2E is the maintained quantization path; say how to get it if it is missing."""
-    try:
-        import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(TORCHAO, f"pip install '{TORCHAO}'", "int8 quantization") from exc
 
 
 def batch_dim():

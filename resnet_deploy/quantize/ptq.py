@@ -16,14 +16,13 @@ from ..data import ImageDataset, Normalization
 from ..evaluation import classification_metrics, predict_logits
 from ..fileio import ensure_writable_dir, remove_stale_temporaries
 from . import calibration
-from .artifact import QuantizedModel, extract_qparams, save_artifact, summarize_qparams
+from .artifact import QuantizedModel, extract_qparams, register_quant_ops, save_artifact, summarize_qparams
 from .capture import (
     build_quantizer,
     calibration_batches,
     capture,
     check_calib_size,
     export_program,
-    require_torchao,
     resolve_keep_float,
     run_calibration,
 )
@@ -55,9 +54,9 @@ def ptq_convert(
     ``keep_float`` holds resolved layer names (see ``quantizer.resolve_layer_names``);
     ``bias_correction`` applies :mod:`.bias_correction` on the calibration images.
     """
+    register_quant_ops(required=True)  # the install message when torchao is missing, before importing it
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    require_torchao()
     scheme = scheme_for(target)
     calibration.check_method(method, percentile)
     start = time.perf_counter()

@@ -58,8 +58,9 @@ from ..loop import (
 )
 from ..signals import StopRequest
 from . import calibration
+from .artifact import register_quant_ops
 from .bias_correction import snap_biases_to_int32_grid
-from .capture import build_quantizer, calibration_batches, capture_for_training, require_torchao, resolve_keep_float
+from .capture import build_quantizer, calibration_batches, capture_for_training, resolve_keep_float
 from .ptq import DEFAULT_CALIB_SIZE, check_run, finish
 
 log = logging.getLogger(__name__)
@@ -131,7 +132,7 @@ def quantize_qat(
     cuda:N), as rank ``dist`` (one process by default); writes the same artifact as
     :func:`quantize_ptq` (plus ``qat_state.pt`` for ``resume``) and returns its metrics, which include
     the per-epoch training history. Ranks other than 0 write nothing and return ``{}``."""
-    require_torchao()
+    register_quant_ops(required=True)
     dist = dist or DistributedContext()
     scheme, output_dir = check_run(
         loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=32 << 20, output_checks=dist.is_main
