@@ -13,7 +13,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from resnet_deploy.data import Normalization, normalize, to_tensor_images  # noqa: E402
+from resnet_deploy.data import Normalization, normalized_batches  # noqa: E402
 
 
 def onnxruntime_quantize_static(
@@ -30,9 +30,7 @@ def onnxruntime_quantize_static(
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.batches = iter(
-                normalize(to_tensor_images(images[start : start + 100]), normalization).numpy() for start in range(0, len(images), 100)
-            )
+            self.batches = (batch.numpy() for batch in normalized_batches(images, normalization, 100))
 
         def get_next(self):
             batch = next(self.batches, None)
@@ -60,7 +58,7 @@ def nncf_quantize_openvino(fp32_onnx: Path, out: Path, images: np.ndarray, norma
     import openvino as ov
 
     model = ov.Core().read_model(str(fp32_onnx))
-    samples = [normalize(to_tensor_images(images[i : i + 1]), normalization).numpy() for i in range(len(images))]
+    samples = [batch.numpy() for batch in normalized_batches(images, normalization, 1)]
     quantized = nncf.quantize(
         model, nncf.Dataset(samples), preset=nncf.QuantizationPreset(preset), target_device=nncf.TargetDevice.CPU,
         subset_size=len(samples), fast_bias_correction=NNCF_SETTINGS["fast_bias_correction"],

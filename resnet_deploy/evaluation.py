@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .data import Normalization, normalize, to_tensor_images
+from .data import Normalization, normalized_batches
 
 if TYPE_CHECKING:
     import torch
@@ -30,12 +30,9 @@ def predict_logits(
     """Logits (float32, CPU) of ``forward`` over uint8 NHWC ``images``, in order."""
     import torch
 
-    outputs = []
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = to_tensor_images(images[start : start + batch_size], device)
-            outputs.append(forward(normalize(batch, normalization, channels_last)).float().cpu())
-    return torch.cat(outputs)
+        batches = normalized_batches(images, normalization, batch_size, device, channels_last)
+        return torch.cat([forward(batch).float().cpu() for batch in batches])
 
 
 def classification_metrics(logits: torch.Tensor, labels: np.ndarray | torch.Tensor) -> dict:

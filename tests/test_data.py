@@ -20,6 +20,7 @@ from resnet_deploy.data import (
     calibration_indices,
     load_dataset,
     normalize,
+    normalized_batches,
     synthetic_dataset,
     to_tensor_images,
 )
@@ -286,6 +287,19 @@ def test_normalize_uses_stored_constants():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     assert torch.allclose(normalize(x, norm), torch.full((1, 3, 2, 2), 2.0))
     assert normalize(x, norm, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_normalized_batches_cover_the_images_in_order(channels_last):
+    images = np.random.default_rng(0).integers(0, 256, (23, 32, 32, 3), dtype=np.uint8)
+    norm = Normalization((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))
+    batches = list(normalized_batches(images, norm, 10, channels_last=channels_last))
+    assert [len(batch) for batch in batches] == [10, 10, 3]
+    assert all(batch.dtype == torch.float32 and batch.shape[1:] == (3, 32, 32) for batch in batches)
+    assert all(batch.is_contiguous(memory_format=torch.channels_last) == channels_last for batch in batches)
+    # Bit for bit the whole set normalised at once: the batches are its slices, in order.
+    assert torch.equal(torch.cat(batches), normalize(to_tensor_images(images), norm))
+    assert list(normalized_batches(images[:0], norm, 10)) == []
 
 
 def test_calibration_split_is_deterministic_and_train_only():

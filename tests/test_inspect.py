@@ -20,7 +20,7 @@ from onnx import numpy_helper
 
 from resnet_deploy.checkpoint import load_checkpoint, save_checkpoint
 from resnet_deploy.cli import main
-from resnet_deploy.data import normalize, to_tensor_images
+from resnet_deploy.data import normalized_batches
 from resnet_deploy.errors import UserError
 from resnet_deploy.export import tensorrt as trt_lib
 from resnet_deploy.tensorrt import runtime as trt_runtime
@@ -48,8 +48,8 @@ def _checkpoint(name: str, dataset, path) -> None:
     model = create_model(name, len(dataset.classes))
     model.train()
     with torch.no_grad():
-        for start in range(0, 512, 128):
-            model(normalize(to_tensor_images(dataset.train_images[start:start + 128]), dataset.normalization))
+        for batch in normalized_batches(dataset.train_images[:512], dataset.normalization, 128):
+            model(batch)
     save_checkpoint(path, {"model": normalize_spec(name, len(dataset.classes)).to_dict(), "state_dict": model.state_dict(),
                            "normalization": dataset.normalization.to_dict(),
                            "dataset": {"name": dataset.name, "classes": dataset.classes}})

@@ -8,7 +8,7 @@ import numpy as np
 from .. import progress
 from ..backends.base import Runner, check_finite
 from ..compare import compare_logits
-from ..data import Normalization, normalize, to_tensor_images
+from ..data import Normalization, normalized_batches
 from ..signals import StopRequest
 from .stopping import _check_stop
 
@@ -26,11 +26,10 @@ def predict(
     if runner.max_batch_size is not None:
         batch_size = min(batch_size, runner.max_batch_size)
     outputs = []
-    count = len(images)
-    with progress.bar(f"{runner.name} accuracy", total=count) as bar:
-        for index, start in enumerate(range(0, count, batch_size)):
+    with progress.bar(f"{runner.name} accuracy", total=len(images)) as bar:
+        for index, batch in enumerate(normalized_batches(images, normalization, batch_size)):
             _check_stop(stop)
-            batch = normalize(to_tensor_images(images[start : start + batch_size]), normalization)
+            start = index * batch_size
             logits = runner.infer(batch)
             check_finite(logits, runner.name, f"accuracy pass, batch {index} of size {len(batch)} (images {start}..{start + len(batch) - 1})")
             outputs.append(logits)

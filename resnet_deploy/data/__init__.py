@@ -11,9 +11,10 @@ to disk), refusing absolute paths, ``..``, links, device files and oversized con
 The package, one module per job: ``datasets`` (``ImageDataset``, ``Normalization``, splits, the
 synthetic set), ``cache`` (the ``.npz`` cache), ``cifar`` (the official archives and their safe
 unpickler), ``archive`` (tar/zip/folder members with their safety checks), ``image_folder`` and
-``transforms`` (tensors, normalisation, augmentation). ``load_dataset`` is here, and every name
-callers import from ``resnet_deploy.data`` still comes from here (the names ``load_dataset`` calls
-are looked up here, so patching ``resnet_deploy.data.synthetic_dataset`` still takes effect).
+``transforms`` (tensors, normalisation, normalised batches, augmentation). ``load_dataset`` is
+here, and every name callers import from ``resnet_deploy.data`` still comes from here (the names
+``load_dataset`` calls are looked up here, so patching ``resnet_deploy.data.synthetic_dataset`` still
+takes effect).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .datasets import (  # noqa: F401 (re-exported)
     synthetic_dataset,
 )
 from .image_folder import IMAGE_SUFFIXES, _is_image_folder_source, decode_image, read_image_folder  # noqa: F401
-from .transforms import augment, iterate_batches, normalize, to_tensor_images  # noqa: F401 (re-exported)
+from .transforms import augment, normalize, normalized_batches, to_tensor_images  # noqa: F401 (re-exported)
 
 
 def load_dataset(

@@ -1,12 +1,16 @@
-"""uint8 images to tensors: layout, normalisation, the training augmentation, batch slices."""
+"""uint8 images to tensors: layout, normalisation, normalised batches, the training augmentation."""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from .datasets import Normalization
+
+if TYPE_CHECKING:
+    import torch
+
 
 def to_tensor_images(images: np.ndarray, device="cpu"):
     """uint8 NHWC numpy -> uint8 NCHW torch tensor on ``device`` (kept uint8: 4x less memory)."""
@@ -23,6 +27,17 @@ def normalize(images_uint8, normalization: Normalization, channels_last: bool = 
     std = torch.tensor(normalization.std, device=images_uint8.device).view(1, 3, 1, 1)
     out = (images_uint8.float() / 255.0 - mean) / std
     return out.contiguous(memory_format=torch.channels_last) if channels_last else out
+
+
+def normalized_batches(
+    images: np.ndarray, normalization: Normalization, batch_size: int, device="cpu", channels_last: bool = False
+) -> Iterator[torch.Tensor]:
+    """uint8 NHWC numpy images -> float32 normalised NCHW batches on ``device``, in order: batch ``i``
+    holds images ``[i * batch_size, (i + 1) * batch_size)`` (the last one may be shorter).
+
+    A generator: each batch is made when it is reached, so a pass holds one float batch at a time."""
+    for start in range(0, len(images), batch_size):
+        yield normalize(to_tensor_images(images[start : start + batch_size], device), normalization, channels_last)
 
 
 def augment(images_uint8, generator, padding: int = 4):
@@ -45,8 +60,3 @@ def augment(images_uint8, generator, padding: int = 4):
     batch_index = torch.arange(batch, device=device)[:, None, None, None]
     channel_index = torch.arange(images_uint8.shape[1], device=device)[None, :, None, None]
     return padded[batch_index, channel_index, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def iterate_batches(count: int, batch_size: int) -> Iterable[slice]:
-    for start in range(0, count, batch_size):
-        yield slice(start, min(start + batch_size, count))

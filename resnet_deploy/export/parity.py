@@ -22,14 +22,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.fx
 
 from ..compare import compare_logits  # defined there, once; export/__init__ and inspect/ import it from here
-from ..data import Normalization, normalize, to_tensor_images
+from ..data import Normalization, normalize, normalized_batches, to_tensor_images
 from ..optional import import_onnxruntime
 
 THRESHOLDS: dict[str, dict[str, float]] = {
@@ -52,6 +52,10 @@ class ParityInputs:
 
     def tensor(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         return normalize(to_tensor_images(self.images[start:stop]), self.normalization)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The inputs in order, ``batch_size`` at a time (the last batch may be shorter)."""
+        return normalized_batches(self.images, self.normalization, batch_size)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -84,8 +88,8 @@ def run_in_batches(forward: Callable[[torch.Tensor], np.ndarray | torch.Tensor],
                    batch_size: int = 256) -> np.ndarray:
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(inputs), batch_size):
-            out = forward(inputs.tensor(start, start + batch_size))
+        for batch in inputs.batches(batch_size):
+            out = forward(batch)
             outputs.append(out.float().cpu().numpy() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32))
     return np.concatenate(outputs)
 

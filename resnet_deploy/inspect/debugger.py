@@ -168,8 +168,7 @@ def compare_batches(layers, program, fp32_capture, taps: dict, inputs: ParityInp
     tally = Tally(layers, list(taps))
     logits: dict[str, list] = {FP32: [], PYTORCH_INT8: [], **{impl: [] for impl in taps}}
     with progress.bar("inspecting", len(inputs)) as bar:
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs.tensor(start, start + batch_size)
+        for batch in inputs.batches(batch_size):
             fp32, own = run_fp32(fp32_capture, layers, batch), run_int8(program, layers, batch)
             tally.add(tally.vs_fp32[PYTORCH_INT8], fp32, own)
             tally.add(tally.alone, fp32, run_int8(program, layers, batch, forced=fp32))

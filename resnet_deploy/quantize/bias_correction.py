@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import Normalization, normalize, to_tensor_images
+from ..data import Normalization, normalized_batches
 from .quantizer import CONV_OPS, LINEAR_OPS, layer_name
 
 
@@ -141,7 +141,7 @@ def correct_bias(
     layers = _quantized_layers(converted)
     if not layers:
         return {"layers": 0}
-    batches = [normalize(to_tensor_images(images[i : i + batch_size]), normalization) for i in range(0, len(images), batch_size)]
+    batches = list(normalized_batches(images, normalization, batch_size))  # every pass runs over them all
     if mode == "own":
         recorder = _OwnErrorRecorder(converted, layers)
         with torch.no_grad():
