@@ -55,7 +55,7 @@ from resnet_deploy.bench import (  # noqa: E402
 from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
-from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
+from resnet_deploy.quantize.calibration import calibration_batches  # noqa: E402
 
 STOCK_NAME = "onnxruntime-int8-quantize_static"
 NNCF_NAME = "openvino-int8-nncf"  # one row per --ov-hints, "-throughput" appended as for the OpenVINO rows

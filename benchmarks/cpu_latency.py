@@ -37,7 +37,7 @@ from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa
 from resnet_deploy.bench import BenchSettings, Thresholds, benchmark_artifacts, latency_input, measure_latency  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import write_json  # noqa: E402
-from resnet_deploy.quantize.capture import calibration_batches  # noqa: E402
+from resnet_deploy.quantize.calibration import calibration_batches  # noqa: E402
 from stock_flows import onnxruntime_quantize_static  # noqa: E402
 
 INT8_GOAL_IMAGES_PER_SEC = 7000.0

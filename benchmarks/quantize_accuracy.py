@@ -38,12 +38,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
-from resnet_deploy.data import load_dataset, normalize, to_tensor_images  # noqa: E402
+from resnet_deploy.data import load_dataset, normalized_batches  # noqa: E402
 from resnet_deploy.environment import environment_info  # noqa: E402
 from resnet_deploy.evaluation import classification_metrics, predict_logits  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
 from resnet_deploy.quantize import METHODS, load_quantized, quantize_qat, sensitivity_analysis  # noqa: E402
-from resnet_deploy.quantize.capture import calibration_batches, example_input  # noqa: E402
+from resnet_deploy.quantize.calibration import calibration_batches  # noqa: E402
+from resnet_deploy.quantize.capture import example_input  # noqa: E402
 from resnet_deploy.quantize.ptq import ptq_convert  # noqa: E402
 from stock_flows import onnxruntime_quantize_static  # noqa: E402
 
@@ -100,8 +101,8 @@ def torchao_x86_stock(model, calibration, normalization, test_images):
     ).module()
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
-        for start in range(0, len(calibration), 100):
-            prepared(normalize(to_tensor_images(calibration[start : start + 100]), normalization))
+        for batch in normalized_batches(calibration, normalization, 100):
+            prepared(batch)
     converted = convert_pt2e(prepared)
     seconds = time.perf_counter() - tic
     return predict_logits(converted, test_images, normalization), seconds

@@ -7,8 +7,8 @@ to install it (the extras of setup.cfg).
   build, so neither is required; the extras ``[cpu]`` and ``[gpu]`` install one.
 * matplotlib draws the report's and inspect's plots (extra ``[plots]``); without it the reports are
   written without their plots, and a warning says so.
-* torchao (PT2E int8) is required, pinned to the measured minor version; ``quantize.capture``
-  names the pin when it is missing.
+* torchao (PT2E int8) is required, pinned to the measured minor version;
+  ``quantize.artifact.register_quant_ops`` names the pin when it is missing.
 * jsonschema checks results files against ``schemas/results.schema.json`` (extra ``[schema]``, also
   in ``[dev]``); without it ``report.validate_results`` checks nothing, and an INFO message says so.
 """

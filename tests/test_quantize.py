@@ -395,7 +395,9 @@ def test_bias_correction_recentres_layer_outputs(trained_checkpoint_synthetic, s
 
     from resnet_deploy.checkpoint import load_checkpoint
     from resnet_deploy.quantize import bias_correction as bc
-    from resnet_deploy.quantize.capture import build_quantizer, capture, run_calibration
+    from resnet_deploy.quantize.calibration import run_calibration
+    from resnet_deploy.quantize.capture import capture
+    from resnet_deploy.quantize.quantizer import build_quantizer
 
     loaded = load_checkpoint(trained_checkpoint_synthetic)
     images = synthetic.train_images[:128]

@@ -1,4 +1,8 @@
-"""Activation calibration: how the range of each activation tensor is chosen from calibration data.
+"""Activation calibration: the calibration images, the pass that feeds them through the observers,
+and how the range of each activation tensor is chosen from what they saw.
+
+The images are ``calibration_batches``: a seeded sample of the training split (never the test split);
+``run_calibration`` feeds them through a prepared model in batches of 100.
 
 Methods (``--method``):
 
@@ -29,10 +33,13 @@ an error on every input.
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
 
+from .. import progress
+from ..data import ImageDataset, Normalization, calibration_indices, normalized_batches
 from ..errors import UserError
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS  # noqa: F401 (re-exported)
 
@@ -45,6 +52,28 @@ def check_method(method: str, percentile: float = DEFAULT_PERCENTILE) -> None:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if not (50.0 < percentile <= 100.0):
         raise UserError(f"--percentile must be in (50, 100], got {percentile}")
+
+
+def check_calib_size(size: int, dataset: ImageDataset) -> None:
+    if size <= 0:
+        raise UserError(f"--calib-size must be positive, got {size}")
+    if size > len(dataset.train_images):
+        raise UserError(f"--calib-size {size} exceeds the {len(dataset.train_images)} training images")
+
+
+def calibration_batches(dataset: ImageDataset, size: int) -> np.ndarray:
+    """The deterministic calibration split (training images only; never the test split)."""
+    return dataset.train_images[calibration_indices(len(dataset.train_images), size)]
+
+
+def run_calibration(prepared: torch.fx.GraphModule, images: np.ndarray, normalization: Normalization, batch_size: int = 100) -> float:
+    """Feed the calibration images through the observers; returns seconds taken."""
+    start = time.perf_counter()
+    with torch.no_grad(), progress.bar("calibrating", len(images)) as bar:
+        for batch in normalized_batches(images, normalization, batch_size):
+            prepared(batch)
+            bar.advance(len(batch))
+    return time.perf_counter() - start
 
 
 def activation_observer(method: str, scheme, percentile: float = DEFAULT_PERCENTILE):

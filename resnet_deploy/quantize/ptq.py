@@ -17,17 +17,10 @@ from ..evaluation import classification_metrics, predict_logits
 from ..fileio import ensure_writable_dir, remove_stale_temporaries
 from . import calibration
 from .artifact import QuantizedModel, extract_qparams, register_quant_ops, save_artifact, summarize_qparams
-from .capture import (
-    build_quantizer,
-    calibration_batches,
-    capture,
-    check_calib_size,
-    export_program,
-    resolve_keep_float,
-    run_calibration,
-)
 from .bias_correction import snap_biases_to_int32_grid
-from .quantizer import scheme_for
+from .calibration import calibration_batches, check_calib_size, run_calibration
+from .capture import capture, export_program
+from .quantizer import build_quantizer, resolve_keep_float, scheme_for
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from typing import Iterable
 import torch
 
 from ..checkpoint import LoadedModel
-from ..data import ImageDataset, normalize, to_tensor_images
+from ..data import ImageDataset, to_tensor_images
 from ..distributed import DistributedContext
 from ..errors import UserError
 from ..fileio import torch_load_safe, torch_save_atomic
@@ -60,8 +60,10 @@ from ..signals import StopRequest
 from . import calibration
 from .artifact import register_quant_ops
 from .bias_correction import snap_biases_to_int32_grid
-from .capture import build_quantizer, calibration_batches, capture_for_training, resolve_keep_float
+from .calibration import calibration_batches, run_calibration
+from .capture import capture_for_training
 from .ptq import DEFAULT_CALIB_SIZE, check_run, finish
+from .quantizer import build_quantizer, resolve_keep_float
 
 log = logging.getLogger(__name__)
 
@@ -353,13 +355,10 @@ def _calibrate_ranges(prepared: torch.fx.GraphModule, images, normalization, bat
     """Observe the calibration images with fake-quant off (the FP32 activations, as PTQ sees them)."""
     from torchao.quantization.pt2e import disable_fake_quant, enable_fake_quant
 
-    start = time.perf_counter()
     prepared.apply(disable_fake_quant)
-    with torch.no_grad():
-        for begin in range(0, len(images), batch_size):
-            prepared(normalize(to_tensor_images(images[begin : begin + batch_size]), normalization))
+    seconds = run_calibration(prepared, images, normalization, batch_size)
     prepared.apply(enable_fake_quant)
-    return time.perf_counter() - start
+    return seconds
 
 
 def _finish_calibration(prepared: torch.fx.GraphModule) -> None:

@@ -32,6 +32,8 @@ from torch.fx import GraphModule, Node
 
 from ..errors import UserError
 from ..quantize_choices import TARGETS
+from . import calibration
+from .capture import capture
 
 _aten = torch.ops.aten
 CONV_OPS = {_aten.conv2d.default, _aten.convolution.default}
@@ -134,6 +136,28 @@ def resolve_layer_names(requested: Iterable[str], available: Sequence[str]) -> l
                 f"--keep-float: no layer named {name!r}; choose from first, last, {', '.join(available)}"
             )
     return list(dict.fromkeys(resolved))
+
+
+def resolve_keep_float(model: torch.nn.Module, keep_float: Iterable[str]) -> list[str]:
+    """``--keep-float`` names resolved against the quantizable layers of ``model`` (captured only
+    when there are names to resolve)."""
+    keep_float = list(keep_float)
+    if not keep_float:
+        return []
+    return resolve_layer_names(keep_float, quantizable_layers(capture(model)))
+
+
+def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False):
+    """The quantizer of ``scheme`` with the observers of ``method`` (fake-quantizers under QAT)."""
+    if qat:
+        from torchao.quantization.pt2e import FakeQuantize
+
+        activation = FakeQuantize.with_args(observer=calibration.qat_activation_observer(method, scheme, percentile))
+        weight = FakeQuantize.with_args(observer=calibration.qat_weight_observer())
+    else:
+        activation = calibration.activation_observer(method, scheme, percentile)
+        weight = calibration.weight_observer()
+    return make_quantizer(scheme, activation, weight, keep_float)
 
 
 def make_quantizer(

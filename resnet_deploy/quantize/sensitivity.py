@@ -29,9 +29,10 @@ from ..data import ImageDataset, calibration_indices
 from ..evaluation import classification_metrics, predict_logits
 from ..fileio import write_json
 from . import calibration
-from .capture import build_quantizer, calibration_batches, capture, check_calib_size, run_calibration
+from .calibration import calibration_batches, check_calib_size, run_calibration
+from .capture import capture
 from .ptq import DEFAULT_CALIB_SIZE, ptq_convert
-from .quantizer import CONV_OPS, LINEAR_OPS, layer_name, scheme_for
+from .quantizer import CONV_OPS, LINEAR_OPS, build_quantizer, layer_name, scheme_for
 
 MODES = ("only", "leave-out")
 
