@@ -123,7 +123,9 @@ def make_bench_config(options: dict):
     return runner_options, settings, thresholds if verify else None
 
 
-def _print_summary(results: dict, paths: dict) -> None:
+def print_bench_summary(results: dict, paths: dict) -> None:
+    """A bench's summary (``bench``'s and ``pipeline``'s): the rows table and the rows not run (when
+    progress is shown) and the verdict on stderr, the paths written as JSON on stdout."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -219,7 +221,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
             command=["resnet-deploy", *sys.argv[1:]],
             refuse_others=not force,  # checked once the checkpoint is loaded: its sha256 is computed once
         )
-    _print_summary(results, paths)
+    print_bench_summary(results, paths)
     raise_if_interrupted(results, paths)
     raise_if_failed(results)
 
