@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import progress
-from .data import Normalization, augment, normalize
+from .data import ImageDataset, Normalization, augment, normalize, to_tensor_images
 from .errors import UserError
 from .signals import Interrupted, StopRequest
 
@@ -217,6 +217,21 @@ class LoopState:
         if state is None:
             return cls()
         return cls(state["epoch"], state.get("step", 0), list(state.get("history", [])), dict(state.get("partial", fresh_partial())))
+
+
+def start_loop(
+    state: dict | None, optimization: Optimization, dataset: ImageDataset, batch_size: int, seed: int,
+    normalization: Normalization, device: torch.device, dist: "DistributedContext", channels_last: bool = False,
+) -> tuple[LoopState, SeededBatches]:
+    """Where a run starts and its batches: from zero when ``state`` is None, else at the resume payload's
+    position, with its optimizer, scheduler and grad-scaler state restored into ``optimization``."""
+    loop_state = LoopState.from_payload(state)
+    if state is not None:
+        optimization.restore(state)
+    images = to_tensor_images(dataset.train_images, device)
+    labels = torch.from_numpy(dataset.train_labels).to(device)
+    batches = SeededBatches(images, labels, batch_size, seed, normalization, device, channels_last, dist.rank, dist.world_size)
+    return loop_state, batches
 
 
 @dataclass

@@ -32,7 +32,7 @@ from .errors import UserError, VerificationError
 from .fileio import read_json, sha256_bytes, sha256_file
 from .pipeline_state import PipelineState, StageRecord, file_digests, hash_inputs, run_stage, skip_stage
 from .quantize_choices import TARGETS
-from .run_names import check_run_name
+from .run_names import check_export_name, check_run_name
 from .zoo import pretrained_name, read_registry
 
 # What each --quantization value runs, in order (QAT after PTQ: the exports use QAT's artifact then).
@@ -77,7 +77,8 @@ class PipelineConfig:
     command: list[str] | None = None
 
     def validate(self) -> None:
-        check_run_name(self.name)
+        check_run_name(self.name)  # runs/NAME, calibration/NAME-*, benchmarks/results/NAME
+        check_export_name(self.name)  # exports/NAME and exports/NAME-cpu: export's stricter rule, met after training
         if self.quantization not in QUANTIZATION_CHOICES:
             raise UserError(f"--quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, got {self.quantization!r}")
         unknown = [t for t in self.int8_targets if t not in INT8_TARGETS]

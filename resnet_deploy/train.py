@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import ImageDataset, Normalization, to_tensor_images
+from .data import ImageDataset, Normalization
 from .distributed import DistributedContext
 from .errors import UserError
 from .evaluation import evaluate
@@ -41,6 +41,7 @@ from .loop import (  # noqa: F401 (batch_seed, epoch_permutation, resolve_device
     partial_top1,
     resolve_device,
     steps_per_epoch,
+    start_loop,
     sums_over_ranks,
     train_one_epoch,
 )
@@ -194,14 +195,11 @@ def _start_run(
     if dist.is_main:
         _check_checkpoint_room(output_dir, model, config)
     optimization = _build_optimization(config, model, train_model, dist.world_size, device, len(dataset.train_images))
-    loop_state, best_accuracy = LoopState.from_payload(state), 0.0
+    loop_state, batches = start_loop(state, optimization, dataset, config.batch_size, config.seed, norm, device, dist, config.channels_last)
+    best_accuracy = 0.0
     if state is not None:
-        optimization.restore(state)
         best_accuracy = state.get("best_accuracy", 0.0)
         log.info(f"resuming {last_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
-    train_images = to_tensor_images(dataset.train_images, device)
-    train_labels = torch.from_numpy(dataset.train_labels).to(device)
-    batches = SeededBatches(train_images, train_labels, config.batch_size, config.seed, norm, device, config.channels_last, dist.rank, dist.world_size)
     dataset_info = {k: v for k, v in dataset.describe().items() if k != "normalization"}
     run = _Run(config, dataset, output_dir, device, dist, spec, model, norm, batches, optimization, loop_state, best_accuracy, dataset_info)
     if dist.is_main:

@@ -312,7 +312,7 @@ def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(sm
     import logging
 
     from resnet_deploy import progress
-    from resnet_deploy.cli.bench_commands import _print_summary
+    from resnet_deploy.cli.bench_commands import print_bench_summary
 
     monkeypatch.setattr(progress, "_enabled", True)
     gpu = "fp16 autocast rows run on a GPU"
@@ -338,7 +338,7 @@ def test_rows_that_cannot_run_here_are_one_line_in_the_report_and_the_console(sm
                         "(no export directory given) (results.json keeps each row with its reason)."]
     assert "## Failed rows" in report and any(line.startswith("- `broken` **nonfinite**") for line in report)
 
-    _print_summary(results, {})
+    print_bench_summary(results, {})
     summary = capsys.readouterr().err.splitlines()
     assert [line for line in summary if "pytorch-bf16" in line or "tensorrt" in line] == [expected]
     assert any(line.startswith("broken nonfinite:") for line in summary)

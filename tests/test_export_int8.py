@@ -23,7 +23,7 @@ from resnet_deploy.export import ExportOptions, check_parity, export_checkpoint
 from resnet_deploy.export import tensorrt as trt_lib
 from resnet_deploy.tensorrt import runtime as trt_runtime
 from resnet_deploy.export.parity import ParityInputs
-from resnet_deploy.export.qdq import _constants, analyse_qdq, int32_linear_biases, ort_int8_kernels, ort_optimized_model, qdq_problems_of
+from resnet_deploy.export.qdq import analyse_qdq, graph_constants, int32_linear_biases, ort_int8_kernels, ort_optimized_model, qdq_problems_of
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +139,7 @@ def test_bias_grid_diagnostic(int8_exports, tmp_path):
     model = onnx.load(str(path))
     assert analyse_qdq(model)["conv_bias_off_int32_grid"] == 0
     initializers = {i.name: i for i in model.graph.initializer}
-    constants = _constants(model)  # initializers and Constant nodes as arrays (the scales)
+    constants = graph_constants(model)  # initializers and Constant nodes as arrays (the scales)
     producers = {o: n for n in model.graph.node for o in n.output}
     moved = 0
     for node in model.graph.node:

@@ -127,6 +127,20 @@ def test_pipeline_user_errors(tmp_path, arguments, message):
     assert message in result.output
 
 
+def test_pipeline_refuses_a_name_export_would_refuse_before_training(tmp_path):
+    """A name every other stage takes but export does not ("r20 b1": a space) is refused up front,
+    naming --name, before training starts and before any folder is made."""
+    from resnet_deploy.run_names import check_run_name
+
+    name = "r20 b1"
+    assert check_run_name(name) == name  # the runs/, calibration/ and bench rule takes it
+    result = run_cli(tmp_path, "--train", "--dataset", "synthetic", "--train-subset", "64", "--test-subset", "32", "--epochs", "1",
+                     "--quantization", "none", "--no-fp16", "--name", name)
+    assert result.exit_code == 2, result.output
+    assert f"--name {name!r} must be letters, digits" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_pipeline_int8_path_reaches_the_bench(tmp_path, synthetic_checkpoint):
     """PTQ for the CPU scheme -> its int8 ONNX export -> an ONNX Runtime U8S8 row measured against FP32."""

@@ -31,6 +31,7 @@ def benchmark_artifacts(
     thresholds: Thresholds | None = None,
     command: Iterable[str] | None = None,
     extra: dict | None = None,
+    refuse_others: bool = False,
 ) -> tuple[dict, dict]:
     """Bench a checkpoint and its artifacts on ``dataset``'s test split and write the report.
 
@@ -38,7 +39,9 @@ def benchmark_artifacts(
     (manifest.json) of this checkpoint; ``quantized_dirs``: quantize artifacts for PyTorch int8 rows. The
     checkpoint defaults to the one the first export manifest names. With ``thresholds`` the results carry
     a verification verdict; the caller raises on failure (``raise_if_failed``) after the report is
-    written, so a failing run still leaves its evidence. Returns (results, paths written).
+    written, so a failing run still leaves its evidence. Returns (results, paths written). With
+    ``refuse_others`` (the CLI without --force), results.json in ``output_dir`` of another checkpoint or
+    test set is refused (UserError) before anything is measured, rather than overwritten.
 
     SIGINT/SIGTERM are caught from here on: the benchmark stops at the next safe point and what was
     measured is written like a full run, with ``results["interrupted"]`` set (and no verification:
@@ -55,16 +58,20 @@ def benchmark_artifacts(
         return _benchmark_artifacts(
             dataset, options, settings, stop, run_name=run_name, output_dir=output_dir, checkpoint=checkpoint,
             export_dirs=export_dirs, quantized_dirs=quantized_dirs, thresholds=thresholds, command=command, extra=extra,
+            refuse_others=refuse_others,
         )
 
 
 def _benchmark_artifacts(dataset, options, settings: BenchSettings, stop: StopRequest, *, run_name, output_dir, checkpoint,
-                         export_dirs, quantized_dirs, thresholds, command, extra) -> tuple[dict, dict]:
+                         export_dirs, quantized_dirs, thresholds, command, extra, refuse_others) -> tuple[dict, dict]:
     from ..checkpoint import check_dataset_matches
+    from ..overwrite_guard import refuse_overwrite, results_differences
     from ..report import write_report
 
     exports = load_exports(export_dirs)
     loaded = _load_matching_checkpoint(checkpoint, exports)
+    refuse_overwrite(output_dir, "results.json", results_differences(loaded.path, loaded.sha256, dataset),
+                     what="benchmark results", force=not refuse_others, instead="give another --name")
     check_dataset_matches(loaded, dataset.classes, dataset.name)
     runners = build_runners(loaded.model, options, exports=exports, quantized=list(quantized_dirs), checkpoint=loaded.path)
     measured = run_benchmark(runners, dataset.test_images, dataset.test_labels, loaded.normalization, settings, stop=stop)

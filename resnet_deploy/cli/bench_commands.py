@@ -17,7 +17,7 @@ from ..backends.options import RunnerOptions
 from ..bench.settings import BenchSettings, Thresholds
 from ..errors import UserError
 from ..run_names import check_run_name
-from .options import CHECKPOINT, dataset_options, default_of, echo_json, force_option, no_empty_folders_left, parse_int_list, refuse_overwrite, results_differences
+from .options import CHECKPOINT, dataset_options, default_of, echo_json, force_option, no_empty_folders_left, parse_int_list
 
 
 def _parse_choices(text: str, option: str, choices: tuple[str, ...]) -> list[str]:
@@ -123,7 +123,9 @@ def make_bench_config(options: dict):
     return runner_options, settings, thresholds if verify else None
 
 
-def _print_summary(results: dict, paths: dict) -> None:
+def print_bench_summary(results: dict, paths: dict) -> None:
+    """A bench's summary (``bench``'s and ``pipeline``'s): the rows table and the rows not run (when
+    progress is shown) and the verdict on stderr, the paths written as JSON on stdout."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -197,9 +199,7 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     Exit codes: 0 ok, 1 a --verify threshold was missed (the report names the row), 2 bad input,
     130/143 interrupted by SIGINT/SIGTERM (partial results written).
     """
-    from ..bench import benchmark_artifacts, load_export_manifest, raise_if_failed, raise_if_interrupted
-    from ..bench.run import benched_checkpoint
-    from ..fileio import sha256_file
+    from ..bench import benchmark_artifacts, raise_if_failed, raise_if_interrupted
 
     runner_options, settings, thresholds = make_bench_config(options)
     if checkpoint is None and not export_dirs:
@@ -207,10 +207,6 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
     check_run_name(run_name)
     dataset = load_data()
     output_dir = Path(output_root) / run_name
-    benched = benched_checkpoint(checkpoint, [(Path(d), load_export_manifest(d)) for d in export_dirs[:1]])
-    if benched.is_file():  # not a file: benchmark_artifacts refuses it, saying why
-        refuse_overwrite(output_dir, "results.json", results_differences(benched, sha256_file(benched), dataset),
-                         what="benchmark results", force=force, instead="give another --name")
     with no_empty_folders_left(output_dir):
         results, paths = benchmark_artifacts(
             dataset,
@@ -223,8 +219,9 @@ def bench(checkpoint, export_dirs, quantized_dirs, load_data, run_name, output_r
             quantized_dirs=quantized_dirs,
             thresholds=thresholds,
             command=["resnet-deploy", *sys.argv[1:]],
+            refuse_others=not force,  # checked once the checkpoint is loaded: its sha256 is computed once
         )
-    _print_summary(results, paths)
+    print_bench_summary(results, paths)
     raise_if_interrupted(results, paths)
     raise_if_failed(results)
 

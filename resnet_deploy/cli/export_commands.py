@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
+from ..overwrite_guard import checkpoint_differences, refuse_overwrite
+from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left
 
 
 def _tensorrt_options(func):
@@ -64,22 +65,25 @@ def export(checkpoint, int8_dir, fp16, name, output_dir, static_batch, opset, te
       resnet-deploy export runs/r20/best.pt --int8 calibration/r20 --data-dir DATA --compute-capability 8.6
       resnet-deploy export runs/r20/best.pt --static-batch 1 --no-tensorrt --name r20-b1
     """
+    from ..checkpoint import load_checkpoint
     from ..export import ExportOptions, export_checkpoint
-    from ..fileio import sha256_file
     from ..run_names import export_run_name
 
     ctx = click.get_current_context()
     has_data = bool(ctx.params.get("data_dir")) or ctx.params.get("dataset") == "synthetic"
     dataset = load_data() if has_data else None
     export_dir = Path(output_dir) / (name or export_run_name(checkpoint, "model"))
+    loaded = None
     if Path(checkpoint).is_file():  # a missing one is the export's to report
-        refuse_overwrite(export_dir, "manifest.json", checkpoint_differences(checkpoint, sha256_file(checkpoint)), what="an export",
+        loaded = load_checkpoint(checkpoint)  # read and hashed once, for this check and the export
+        refuse_overwrite(export_dir, "manifest.json", checkpoint_differences(checkpoint, loaded.sha256), what="an export",
                          force=force, instead="give another --name")
     options = ExportOptions(
         checkpoint=checkpoint, output_dir=output_dir, name=name, fp16=fp16, int8_dir=int8_dir, static_batch=static_batch,
         opset=opset, tensorrt=tensorrt, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
         workspace_mb=workspace_mb, opt_level=opt_level, compute_capability=compute_capability, timing_cache=timing_cache,
         dataset=dataset, parity_images=parity_images, fixed_batch_size=parity_batch, simplify=not no_simplify, threads=threads,
+        loaded=loaded,
     )
     with no_empty_folders_left(export_dir, output_dir):
         report = export_checkpoint(options)

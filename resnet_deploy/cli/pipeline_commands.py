@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from ..errors import UserError
 from ..pipeline import INT8_TARGETS, QUANTIZATION_CHOICES
 from ..quantize_choices import DEFAULT_METHOD, METHODS
-from .bench_commands import _print_summary, bench_options, make_bench_config
+from .bench_commands import bench_options, make_bench_config, print_bench_summary
 from .options import CHECKPOINT, dataset_options, no_empty_folders_left
 
 
@@ -88,7 +88,7 @@ def pipeline(run_name, checkpoint, model, train_from_scratch, epochs, train_batc
     for stage in result.stages:
         click.echo(f"  {stage.name:<22} {stage.status:<8} {stage.reason or ''}", err=True)
     if result.results is not None:
-        _print_summary(result.results, result.paths)
+        print_bench_summary(result.results, result.paths)
     raise_if_stages_failed(result)
     if result.results is not None:
         raise_if_failed(result.results)

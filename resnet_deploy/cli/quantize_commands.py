@@ -12,9 +12,10 @@ from click.core import ParameterSource
 
 from . import logs
 from ..errors import UserError
+from ..overwrite_guard import checkpoint_differences, refuse_overwrite
 from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
 from ..run_names import check_run_name, quantize_run_name
-from .options import CHECKPOINT, checkpoint_differences, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
+from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left
 
 
 @click.command()

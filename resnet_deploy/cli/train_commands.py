@@ -7,8 +7,9 @@ import click
 from . import logs
 from ..evaluation import TTA_MODES
 from ..fileio import ensure_writable_dir
+from ..overwrite_guard import refuse_overwrite
 from ..train_config import AUTO, COMPILE_MIN_STEPS, OPTIMIZERS, PRECISION_CHOICES, SCHEDULES, TrainConfig
-from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left, refuse_overwrite
+from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left
 
 
 @click.command()

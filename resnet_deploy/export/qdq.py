@@ -32,7 +32,8 @@ UINT8_ELEM = 2
 INT32_ELEM = 6
 
 
-def _constants(model_proto) -> dict[str, np.ndarray]:
+def graph_constants(model_proto) -> dict[str, np.ndarray]:
+    """The graph's initializers and Constant nodes' values as arrays, by tensor name."""
     from onnx import numpy_helper
 
     values = {init.name: numpy_helper.to_array(init) for init in model_proto.graph.initializer}
@@ -44,7 +45,7 @@ def _constants(model_proto) -> dict[str, np.ndarray]:
 
 def analyse_qdq(model_proto) -> dict:
     """Counts describing the Q/DQ structure of a graph (stored in the manifest as ``qdq``)."""
-    values = _constants(model_proto)
+    values = graph_constants(model_proto)
     producers = {out: node for node in model_proto.graph.node for out in node.output}
     activation_dtypes: Counter = Counter()
     nonzero_zero_points = 0
@@ -83,7 +84,7 @@ def analyse_qdq(model_proto) -> dict:
         if all(src is not None and src.op_type == "DequantizeLinear" for src in sources):
             quantized += node.op_type == "Conv"
             if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
-                bias_off_grid += not _bias_on_grid(values[node.input[2]], sources[0], sources[1], values)
+                bias_off_grid += not bias_on_grid(values[node.input[2]], sources[0], sources[1], values)
     return {
         "quantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "QuantizeLinear"),
         "dequantize_linear": sum(1 for n in model_proto.graph.node if n.op_type == "DequantizeLinear"),
@@ -97,7 +98,7 @@ def analyse_qdq(model_proto) -> dict:
     }
 
 
-def _bias_on_grid(bias: np.ndarray, activation_dq, weight_dq, values: dict) -> bool:
+def bias_on_grid(bias: np.ndarray, activation_dq, weight_dq, values: dict) -> bool:
     """Is the float bias a whole multiple of x_scale * w_scale (the int32 bias an int8 kernel adds)?
 
     ONNX Runtime's QLinearConv takes an int32 bias, so it rounds a float bias to that grid; TensorRT adds
@@ -155,7 +156,7 @@ def int32_linear_biases(model_proto) -> int:
     """
     from onnx import helper, numpy_helper
 
-    values = _constants(model_proto)
+    values = graph_constants(model_proto)
     producers = {out: node for node in model_proto.graph.node for out in node.output}
     rewritten = 0
     for node in list(model_proto.graph.node):
@@ -164,7 +165,7 @@ def int32_linear_biases(model_proto) -> int:
             continue
         x_dq, w_dq = dequantized
         bias = values[node.input[2]]
-        if not _bias_on_grid(bias, x_dq, w_dq, values):
+        if not bias_on_grid(bias, x_dq, w_dq, values):
             continue
         step = (np.float64(values[x_dq.input[1]]) * values[w_dq.input[1]].astype(np.float64).reshape(-1)) * np.ones(bias.shape)
         units = np.round(bias.astype(np.float64) / step).astype(np.int32)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import check_dataset_matches, load_checkpoint
+from ..checkpoint import LoadedModel, check_dataset_matches, load_checkpoint
 from ..data import ImageDataset
 from ..errors import UserError, VerificationError
 from ..fileio import ensure_writable_dir, remove_stale_temporaries
@@ -54,6 +54,7 @@ class ExportOptions:
     fixed_batch_size: int = FIXED_BATCH_SIZE
     simplify: bool = True
     threads: int | None = None
+    loaded: LoadedModel | None = None  # ``checkpoint`` already loaded (the CLI's, for its overwrite check): not read again
 
 
 @dataclass
@@ -68,7 +69,7 @@ def export_checkpoint(options: ExportOptions) -> ExportReport:
     """Run the whole export; see the module docstring. Returns the report; raises VerificationError
     (after writing the manifest) when a parity or graph check failed."""
     options = _checked_options(options)
-    loaded = load_checkpoint(options.checkpoint)
+    loaded = options.loaded or load_checkpoint(options.checkpoint)
     export_dir = _prepare_export_dir(options, loaded)
     if options.dataset is not None:
         check_dataset_matches(loaded, options.dataset.classes, options.dataset.name)

@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..export.qdq import _bias_on_grid
-from ..quantize.artifact import _value
+from ..export.qdq import bias_on_grid
+from ..quantize.artifact import node_value
 from ..quantize.calibration import METHODS
 from .graph import GRAPH_INPUT, OnnxGraph
 from .layers import Layer
@@ -56,7 +56,7 @@ def _close(a, b) -> bool:
 
 
 def _program_value(program: torch.fx.GraphModule, arg) -> np.ndarray | None:
-    value = _value(program, arg)
+    value = node_value(program, arg)
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()
     return np.asarray(value) if isinstance(value, (int, float)) else None
@@ -107,7 +107,7 @@ def _bias_findings(graph: OnnxGraph, program, onnx_node, op, act_dq, weight_dq) 
     if artifact_bias is not None and not _close(onnx_bias, artifact_bias):
         change = float(np.abs(onnx_bias.astype(np.float64) - artifact_bias.astype(np.float64)).max())
         findings.append(f"its bias differs from the artifact's (by up to {change:.3g})")
-    if act_dq is not None and weight_dq is not None and not _bias_on_grid(onnx_bias, act_dq, weight_dq, graph.values):
+    if act_dq is not None and weight_dq is not None and not bias_on_grid(onnx_bias, act_dq, weight_dq, graph.values):
         findings.append("its bias is off the int32 grid (x_scale * w_scale): ONNX Runtime's QLinearConv rounds it to the "
                         "grid, TensorRT and the PyTorch program add it as it is; `resnet-deploy quantize` puts biases on "
                         "the grid, so re-export from such an artifact")

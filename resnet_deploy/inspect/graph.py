@@ -1,7 +1,7 @@
 """A read-only view of an int8 Q/DQ ONNX graph, and the one upstream walk the inspector and the lint share.
 
 ``OnnxGraph`` answers the questions both ask of a graph: which node produces a tensor, which nodes read
-it, which tensors are constants (their values come from :func:`..export.qdq._constants`, the project's
+it, which tensors are constants (their values come from :func:`..export.qdq.graph_constants`, the project's
 one reader of initializers and Constant nodes), and which nodes are *layers*: weighted ops (Conv, Gemm,
 MatMul) and residual Adds (an Add of two computed tensors; an Add of a constant is a bias).
 
@@ -16,7 +16,7 @@ from typing import Callable, Hashable, Iterable
 
 import numpy as np
 
-from ..export.qdq import _constants
+from ..export.qdq import graph_constants
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 GRAPH_INPUT = "input"  # the name the inspector gives the network input (the image), in every graph
@@ -44,7 +44,7 @@ class OnnxGraph:
     def __init__(self, model_proto) -> None:
         self.model = model_proto
         self.nodes = list(model_proto.graph.node)
-        self.values: dict[str, np.ndarray] = _constants(model_proto)
+        self.values: dict[str, np.ndarray] = graph_constants(model_proto)
         self.producer = {out: node for node in self.nodes for out in node.output if out}
         self.consumers: dict[str, list] = defaultdict(list)
         for node in self.nodes:

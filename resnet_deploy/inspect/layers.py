@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import UserError
-from ..quantize.artifact import _quant_ops
-from ..quantize.quantizer import ADD_OPS, BN_OPS, CONV_OPS, LINEAR_OPS, RELU_OPS, _is_tensor_add, layer_name
+from ..quantize.artifact import quant_ops
+from ..quantize.quantizer import ADD_OPS, BN_OPS, CONV_OPS, LINEAR_OPS, RELU_OPS, is_tensor_add, layer_name
 from .graph import GRAPH_INPUT, OnnxGraph, nearest_upstream
 
 KINDS = ("input", "conv", "fc", "add")
@@ -73,7 +73,7 @@ def _fx_kind(node: torch.fx.Node) -> str | None:
         return "conv"
     if node.target in LINEAR_OPS:
         return "fc"
-    if node.target in ADD_OPS and _is_tensor_add(node):
+    if node.target in ADD_OPS and is_tensor_add(node):
         return "add"
     return None
 
@@ -82,7 +82,7 @@ def _fx_output_chain(node: torch.fx.Node) -> torch.fx.Node:
     """The node observed for layer ``node``: after its BatchNorm, ReLU and quantize, each taken only
     when it is the sole user (``getitem`` picks the output of a tuple-returning BatchNorm). Users that
     compute nothing (torch.export's input guard, a ``call_module``) do not count."""
-    quantize = _quant_ops()["quantize_per_tensor"]
+    quantize = quant_ops()["quantize_per_tensor"]
     current = node
     for ops in (BN_OPS, {operator.getitem}, RELU_OPS, quantize):
         users = [user for user in current.users if user.op in ("call_function", "output")]

@@ -19,7 +19,7 @@ import torch
 import torch.fx
 
 from ..export.parity import _ExactInterpreter
-from ..quantize.artifact import _quant_ops
+from ..quantize.artifact import quant_ops
 from .layers import Layer
 
 
@@ -40,11 +40,11 @@ class Observation:
 
 
 def _is_quantize(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and node.target in _quant_ops()["quantize_per_tensor"]
+    return node.op == "call_function" and node.target in quant_ops()["quantize_per_tensor"]
 
 
 def _is_dequantize(node: torch.fx.Node) -> bool:
-    return node.op == "call_function" and node.target in _quant_ops()["dequantize_per_tensor"]
+    return node.op == "call_function" and node.target in quant_ops()["dequantize_per_tensor"]
 
 
 # --------------------------------------------------------------------------------------------- FP32

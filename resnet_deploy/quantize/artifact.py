@@ -55,7 +55,7 @@ def register_quant_ops(*, required: bool = False) -> None:
         import torch.ao.quantization.fx._decomposed  # noqa: F401
 
 
-def _quant_ops() -> dict:
+def quant_ops() -> dict:
     """Quantize/dequantize ops of the PT2E reference representation, by kind."""
     register_quant_ops()
     ops = torch.ops.quantized_decomposed
@@ -67,7 +67,8 @@ def _quant_ops() -> dict:
     }
 
 
-def _value(graph_module: torch.nn.Module, arg: Any) -> Any:
+def node_value(graph_module: torch.nn.Module, arg: Any) -> Any:
+    """The tensor a ``get_attr`` node names in ``graph_module`` (a scale, a zero-point); any other argument as it is."""
     if isinstance(arg, torch.fx.Node) and arg.op == "get_attr":
         value = graph_module
         for part in str(arg.target).split("."):
@@ -89,7 +90,7 @@ def extract_qparams(graph_module: torch.fx.GraphModule) -> list[dict]:
     Weights: each ``dequantize_per_channel`` of a folded int8 weight (the quantize op was folded into
     the int8 constant), with the layer it feeds.
     """
-    ops = _quant_ops()
+    ops = quant_ops()
     records = []
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
@@ -106,8 +107,8 @@ def extract_qparams(graph_module: torch.fx.GraphModule) -> list[dict]:
                     "consumers": consumers,
                     "dtype": str(dtype).removeprefix("torch."),
                     "granularity": "per-tensor",
-                    "scale": float(_as_list(_value(graph_module, scale))),
-                    "zero_point": int(_as_list(_value(graph_module, zero_point))),
+                    "scale": float(_as_list(node_value(graph_module, scale))),
+                    "zero_point": int(_as_list(node_value(graph_module, zero_point))),
                     "axis": None,
                     "quant_min": int(qmin),
                     "quant_max": int(qmax),
@@ -127,8 +128,8 @@ def extract_qparams(graph_module: torch.fx.GraphModule) -> list[dict]:
                     "consumers": sorted({layer_name(u) or u.name for u in users}),
                     "dtype": str(dtype).removeprefix("torch."),
                     "granularity": "per-channel",
-                    "scale": [float(v) for v in _value(graph_module, scales).reshape(-1).tolist()],
-                    "zero_point": [int(v) for v in _value(graph_module, zero_points).reshape(-1).tolist()],
+                    "scale": [float(v) for v in node_value(graph_module, scales).reshape(-1).tolist()],
+                    "zero_point": [int(v) for v in node_value(graph_module, zero_points).reshape(-1).tolist()],
                     "axis": int(axis),
                     "quant_min": int(qmin),
                     "quant_max": int(qmax),

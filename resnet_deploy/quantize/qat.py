@@ -53,6 +53,7 @@ from ..loop import (
     partial_loss,
     partial_top1,
     steps_per_epoch,
+    start_loop,
     sums_over_ranks,
     train_one_epoch,
 )
@@ -223,16 +224,10 @@ def _start_run(
     prepared.to(device)
     train_model = dist.wrap(prepared, config, device)  # config has no sync_bn: DDP broadcasts rank 0's buffers
     optimization = _build_optimization(prepared, train_model, config, len(dataset.train_images), device)
-    loop_state = LoopState.from_payload(state)
+    loop_state, batches = start_loop(state, optimization, dataset, config.batch_size, config.seed, loaded.normalization, device, dist)
     if state is not None:
-        optimization.restore(state)
         calibration_seconds = state.get("calibration_seconds", 0.0)
         log.info(f"resuming QAT from {state_path}: epoch {loop_state.epoch + 1}, batch {loop_state.step}")
-    train_images = to_tensor_images(dataset.train_images, device)
-    train_labels = torch.from_numpy(dataset.train_labels).to(device)
-    batches = SeededBatches(
-        train_images, train_labels, config.batch_size, config.seed, loaded.normalization, device, rank=dist.rank, world_size=dist.world_size
-    )
     run = _QatRun(loaded, config, prepared, batches, optimization, loop_state, state_path, dist, calibration_seconds)
     if state is None and dist.max_restarts > 0:
         # Under torchrun with restarts, a restart before the first epoch ends must find this run's

@@ -219,7 +219,7 @@ def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[
             _annotate(node, {}, activation_spec)
     # 3. Residual adds: both inputs.
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in ADD_OPS and _is_tensor_add(node):
+        if node.op == "call_function" and node.target in ADD_OPS and is_tensor_add(node):
             _annotate(node, _residual_add_inputs(node, activation_spec))
 
 
@@ -254,7 +254,8 @@ def _quantizes_output(node: Node) -> bool:
     return annotation is not None and annotation.output_qspec is not None
 
 
-def _is_tensor_add(node: Node) -> bool:
+def is_tensor_add(node: Node) -> bool:
+    """An add whose first two operands are both graph nodes (two tensors: a residual join), not a tensor and a number."""
     return len(node.args) >= 2 and all(isinstance(arg, Node) for arg in node.args[:2])
 
 
