@@ -52,7 +52,7 @@ from resnet_deploy.bench import (  # noqa: E402
     measure_latency,
     run_benchmark,
 )
-from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from resnet_deploy.checkpoint import checkpoint_argument, load_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
 from resnet_deploy.quantize.calibration import calibration_batches  # noqa: E402
@@ -346,7 +346,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, action="append", help="export directory (manifest.json); repeat for the other int8 scheme")
     parser.add_argument("--quantized", action="append", default=[], help="quantize artifact for the PyTorch int8 (Inductor) row (repeatable)")
-    parser.add_argument("--checkpoint", type=resolve_checkpoint, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models) [the one the first export manifest names]")
+    parser.add_argument("--checkpoint", type=checkpoint_argument, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models) [the one the first export manifest names]")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"))
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--test-subset", type=int, help="accuracy on N seeded test images instead of all")

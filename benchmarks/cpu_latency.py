@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from resnet_deploy.backends import RunnerOptions  # noqa: E402
 from resnet_deploy.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from resnet_deploy.checkpoint import checkpoint_argument, load_checkpoint  # noqa: E402
 from resnet_deploy.bench import BenchSettings, Thresholds, benchmark_artifacts, latency_input, measure_latency  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.fileio import write_json  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--export", required=True, action="append", help="export directory (manifest.json) with FP32 and int8 ONNX files; repeat to add the other int8 scheme")
     parser.add_argument("--quantized", action="append", default=[], help="quantize artifact for a PyTorch int8 row (repeatable)")
-    parser.add_argument("--checkpoint", type=resolve_checkpoint, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models) [the one the export manifest names]")
+    parser.add_argument("--checkpoint", type=checkpoint_argument, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models) [the one the export manifest names]")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"))
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--test-subset", type=int, help="accuracy on N seeded test images instead of all")

@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from resnet_deploy.checkpoint import checkpoint_argument, load_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset  # noqa: E402
 from resnet_deploy.environment import cpu_competition, cpu_snapshot, environment_info  # noqa: E402
 from resnet_deploy.fileio import atomic_write_text, write_json  # noqa: E402
@@ -123,7 +123,7 @@ def markdown(results: dict) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="*", type=resolve_checkpoint,
+    parser.add_argument("checkpoints", nargs="*", type=checkpoint_argument,
                         help=f"FP32 checkpoints, each a file or pretrained:NAME (a shipped model, sha256 checked) [{' '.join(DEFAULT_CHECKPOINTS)}]")
     parser.add_argument("--int8", action="append", type=Path, default=[],
                         help="the calibration artifact of each checkpoint, in order (all or none) [quantized here]")
@@ -138,7 +138,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--label", help="suffix of the results folder name")
     parser.add_argument("--output-root", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
-    args.checkpoints = args.checkpoints or [resolve_checkpoint(name) for name in DEFAULT_CHECKPOINTS]
+    if not args.checkpoints:
+        try:
+            args.checkpoints = [checkpoint_argument(name) for name in DEFAULT_CHECKPOINTS]
+        except argparse.ArgumentTypeError as exc:  # the shipped models' files missing or changed
+            parser.error(str(exc))
     if args.int8 and len(args.int8) != len(args.checkpoints):
         parser.error(f"--int8 given {len(args.int8)} times for {len(args.checkpoints)} checkpoints: give one per checkpoint, or none")
     return args

@@ -245,9 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
                         help="comma-separated run directories or checkpoints with a history: .pt files, or pretrained:NAME (a shipped model)")
     parser.add_argument("--output-dir", help="default benchmarks/results/cpu-<date>")
     args = parser.parse_args(argv)
-    from resnet_deploy.checkpoint import resolve_checkpoint  # imports torch: only when a run is read
+    from resnet_deploy.checkpoint import checkpoint_argument  # imports torch: only when a run is read
 
-    runs = load_runs([resolve_checkpoint(part.strip()) for part in args.runs.split(",") if part.strip()])
+    try:
+        paths = [checkpoint_argument(part.strip()) for part in args.runs.split(",") if part.strip()]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"argument --runs: {exc}")
+    runs = load_runs(paths)
     result = verdict(runs)
     command = "python benchmarks/plain_vs_residual.py " + " ".join(argv if argv is not None else sys.argv[1:])
     output_dir = Path(args.output_dir or REPO / "benchmarks" / "results" / f"cpu-{datetime.date.today()}")

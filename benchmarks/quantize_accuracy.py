@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from resnet_deploy.checkpoint import load_checkpoint, resolve_checkpoint  # noqa: E402
+from resnet_deploy.checkpoint import checkpoint_argument, load_checkpoint  # noqa: E402
 from resnet_deploy.data import load_dataset, normalized_batches  # noqa: E402
 from resnet_deploy.environment import environment_info  # noqa: E402
 from resnet_deploy.evaluation import classification_metrics, predict_logits  # noqa: E402
@@ -153,7 +153,7 @@ def onnxruntime_stock(model, calibration, normalization, test_images, workdir: P
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=resolve_checkpoint, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models)")
+    parser.add_argument("--checkpoint", required=True, type=checkpoint_argument, help="FP32 checkpoint, a file or pretrained:NAME (a shipped model, sha256 checked; see resnet-deploy models)")
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.xz"))
     parser.add_argument("--calib-size", type=int, default=1000)
     parser.add_argument("--methods", default=",".join(METHODS))

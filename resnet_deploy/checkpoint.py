@@ -60,6 +60,19 @@ def resolve_checkpoint(reference: str | os.PathLike) -> Path:
     return zoo.resolve(name) if name is not None else Path(reference)
 
 
+def checkpoint_argument(reference: str) -> Path:
+    """:func:`resolve_checkpoint` as an argparse ``type=`` (the benchmarks/ scripts' checkpoint options):
+    argparse turns only ValueError/TypeError/ArgumentTypeError into a usage error, so a reference that
+    cannot be resolved (an unknown ``pretrained:NAME``, a shipped file failing its hash check) would
+    otherwise end the script with a traceback; this way it exits 2 with the message."""
+    import argparse
+
+    try:
+        return resolve_checkpoint(reference)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write atomically; ``payload`` holds at least model, state_dict, normalization, dataset.
 

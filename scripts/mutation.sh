@@ -27,8 +27,8 @@
 # (`cd .mutation/<group> && ../../.venv/bin/python -m mutmut show NAME` prints one's diff), and a
 # summary table is printed. docs/reliability.md quotes these files.
 #
-# Needs mutmut (.venv/bin/pip install mutmut; 3.x) and, for the qdq and parity groups, the shared
-# CIFAR-10 archive (RESNET_DEPLOY_TEST_CIFAR10, default ../shared/datasets/cifar10-jpeg.tar.xz).
+# Needs mutmut (.venv/bin/pip install mutmut; 3.x). A group whose tests read the shared CIFAR-10
+# archive finds it through RESNET_DEPLOY_TEST_CIFAR10 (default ../shared/datasets/cifar10-jpeg.tar.xz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD

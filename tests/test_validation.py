@@ -77,3 +77,65 @@ def test_content_digest_is_stable():
     digest of the same content must never change (or every existing checkpoint reads as corrupt)."""
     content = {"b": [1, 1.5, "x", None, True, b"y"], "a": {"t": torch.arange(3, dtype=torch.float32)}}
     assert checkpoint.content_digest(content) == "96d67efa49b2e5c08e301a40af711bed4c4476ecd8aa6cfd4e7a114e27f3e2db"
+
+
+def test_model_spec_with_a_shortcut_that_is_not_a_string_names_the_field():
+    spec = {"name": "resnet20", "num_classes": 10, "plain": False}
+    assert model_spec_problems({**spec, "shortcut": 5}) == ["'model.shortcut' is not a string"]
+    assert model_spec_problems({**spec, "shortcut": None}) == []
+
+
+def test_checkpoint_payload_without_a_required_field_names_it(tmp_path):
+    payload = _payload()
+    del payload["dataset"]
+    with pytest.raises(ValueError, match="checkpoint payload lacks 'dataset'"):
+        checkpoint.save_checkpoint(tmp_path / "c.pt", payload)
+    assert not (tmp_path / "c.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "field, value, problem",
+    [
+        ("normalization", {"mean": [0.5] * 3, "std": [0.0] * 3}, "'normalization' is not {mean: 3 numbers, std: 3 positive numbers}"),
+        ("dataset", ["synthetic"], "'dataset' is not a dict"),
+    ],
+)
+def test_checkpoint_with_a_malformed_field_is_refused_with_exactly_that_problem(tmp_path, field, value, problem):
+    checkpoint.save_checkpoint(tmp_path / "c.pt", {**_payload(), field: value})
+    with pytest.raises(UserError) as refused:
+        checkpoint.read_checkpoint(tmp_path / "c.pt")
+    assert str(refused.value) == f"checkpoint {tmp_path / 'c.pt'} is malformed: {problem}"
+
+
+def test_train_config_error_without_a_message_is_named_by_its_type(tmp_path, monkeypatch):
+    """A validation error with no text still gives a readable problem (not an IndexError, not 'NoneType')."""
+    from resnet_deploy.train_config import TrainConfig
+
+    def refuse(self):
+        raise ValueError()
+
+    monkeypatch.setattr(TrainConfig, "validate", refuse)
+    checkpoint.save_checkpoint(tmp_path / "c.pt", {**_payload(), "train_config": {}})
+    with pytest.raises(UserError, match=r"'train_config' is not a valid training configuration \(ValueError\)$"):
+        checkpoint.read_checkpoint(tmp_path / "c.pt")
+
+
+def test_loaded_checkpoint_records_its_path_and_a_late_misfit_names_the_last_mismatch(tmp_path, monkeypatch):
+    """``load_checkpoint`` loads the weights into a model built anew: should that model differ from the one
+    the weights were checked against, the refusal quotes torch's last line (a mismatch, not its header)."""
+    path = tmp_path / "c.pt"
+    checkpoint.save_checkpoint(path, _payload())
+    loaded = checkpoint.load_checkpoint(path)
+    assert loaded.path == path and loaded.spec.name == "resnet20"
+    builds = []
+
+    def build_then_another(spec):  # the weights check builds first (on meta), the load second
+        builds.append(spec)
+        return build_model(spec if len(builds) == 1 else ModelSpec("resnet20", num_classes=7))
+
+    monkeypatch.setattr(checkpoint, "build_model", build_then_another)
+    with pytest.raises(UserError) as refused:
+        checkpoint.load_checkpoint(path)
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint {path} does not fit model resnet20: size mismatch for fc.bias")
+    assert "\n" not in message and "Error(s) in loading" not in message

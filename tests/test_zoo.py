@@ -243,3 +243,36 @@ def test_pipeline_start_errors(tiny_zoo_env, tmp_path, arguments, message):
     result = invoke("pipeline", "--workdir", str(tmp_path), "--name", "p", "--dataset", "synthetic", *arguments)
     assert result.exit_code == 2, result.output
     assert message in result.output
+
+
+def test_benchmark_scripts_refuse_an_unknown_pretrained_name_with_a_usage_error(monkeypatch, capsys):
+    """Every benchmarks/*.py that takes a checkpoint: an unknown pretrained:NAME exits 2 with argparse's
+    message naming it (checkpoint.checkpoint_argument), not a UserError traceback."""
+    monkeypatch.delenv(zoo.ZOO_ENV, raising=False)
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import cpu_int8_backends
+    import cpu_latency
+    import inspect_timing
+    import plain_vs_residual
+    import quantize_accuracy
+
+    def argv_main(module):
+        def run(argv):
+            monkeypatch.setattr(sys, "argv", [module.__name__, *argv])
+            return module.main()
+        return run
+
+    scripts = {
+        "cpu_int8_backends": (cpu_int8_backends.parse_args, ["--export", "exports/r20", "--checkpoint", "pretrained:no-such"]),
+        "cpu_latency": (argv_main(cpu_latency), ["--export", "exports/r20", "--checkpoint", "pretrained:no-such"]),
+        "quantize_accuracy": (argv_main(quantize_accuracy), ["--checkpoint", "pretrained:no-such"]),
+        "inspect_timing": (inspect_timing.parse_args, ["pretrained:no-such"]),
+        "plain_vs_residual": (plain_vs_residual.main, ["--runs", "pretrained:no-such"]),
+    }
+    for script, (parse, argv) in scripts.items():
+        with pytest.raises(SystemExit) as exited:
+            parse(argv)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2, (script, err)
+        assert "error: argument" in err and "unknown pretrained model 'no-such'" in err, (script, err)
+        assert "Traceback" not in err, (script, err)
