@@ -1,7 +1,8 @@
 """Shared fixtures: the shared CIFAR-10 copy, a small subset of it, and briefly trained checkpoints.
 
 The trained checkpoints are session-scoped: quantize, export and bench tests all use the same one, so
-the suite trains once (about half a minute on 2 cores).
+the suite trains once (about half a minute on 2 cores); so is the PTQ of the CIFAR-10 one, which the
+quantize accuracy test and the int8 export tests share.
 """
 
 from __future__ import annotations
@@ -64,6 +65,22 @@ def trained_resnet20(cifar10_small, tmp_path_factory) -> Path:
     config = TrainConfig(model="resnet20", epochs=3, batch_size=128, lr=0.1, device="cpu", eval_batch_size=500)
     train(config, cifar10_small, output)
     return output / "last.pt"
+
+
+@pytest.fixture(scope="session")
+def ptq_resnet20(trained_resnet20, cifar10_small, tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """trained_resnet20 quantized by PTQ for each target, 500 calibration images from the training split,
+    evaluated on the subset's 1,000 test images: ``{target: (artifact folder, metrics)}``.
+
+    One PTQ per target for the session: the quantize accuracy test reads the metrics and the int8 export
+    tests export the artifacts. Read-only: a test that changes a file copies the folder first."""
+    from resnet_deploy.checkpoint import load_checkpoint
+    from resnet_deploy.quantize import quantize_ptq
+
+    loaded = load_checkpoint(trained_resnet20)
+    folder = tmp_path_factory.mktemp("ptq_resnet20")
+    return {target: (folder / target, quantize_ptq(loaded, cifar10_small, folder / target, target=target, calib_size=500))
+            for target in ("tensorrt", "cpu")}
 
 
 @pytest.fixture(scope="session")

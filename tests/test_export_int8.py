@@ -1,9 +1,10 @@
 """int8 export: Q/DQ form for TensorRT and for ONNX Runtime, parity with the PyTorch int8 model on
 held-out images, and checks that fail when the graph or the weights are wrong.
 
-Uses the session's briefly trained ResNet20 (3 epochs on the small CIFAR-10 subset) and quantizes it
-here with the quantize stage's public API (256 calibration images from the training split); parity
-runs on the subset's 1,000 test images, which neither training nor calibration saw.
+Uses the session's briefly trained ResNet20 (3 epochs on the small CIFAR-10 subset) and its PTQ
+artifacts (conftest.ptq_resnet20: the quantize stage's public API, 500 calibration images from the
+training split); parity runs on the subset's 1,000 test images, which neither training nor
+calibration saw.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from resnet_deploy.checkpoint import load_checkpoint
 from resnet_deploy.cli import main
 from resnet_deploy.errors import UserError
 from resnet_deploy.export import ExportOptions, check_parity, export_checkpoint
@@ -29,14 +29,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def int8_artifacts(trained_resnet20, cifar10_small, tmp_path_factory):
-    from resnet_deploy.quantize import quantize_ptq
-
-    loaded = load_checkpoint(trained_resnet20)
-    folder = tmp_path_factory.mktemp("int8")
-    for target in ("tensorrt", "cpu"):
-        quantize_ptq(loaded, cifar10_small, folder / target, target=target, calib_size=256, evaluate=False)
-    return folder
+def int8_artifacts(ptq_resnet20):
+    """The folder holding the session's PTQ artifact per target (``tensorrt/``, ``cpu/``); read-only."""
+    return ptq_resnet20["tensorrt"][0].parent
 
 
 class _FailedExport:

@@ -337,12 +337,10 @@ def test_cli_quantize_writes_artifact_and_rejects_bad_options(trained_checkpoint
 
 
 @pytest.mark.slow
-def test_ptq_keeps_top1_agreement_with_fp32_on_cifar10(trained_resnet20, cifar10_small, tmp_path):
-    from resnet_deploy.checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(trained_resnet20)
+def test_ptq_keeps_top1_agreement_with_fp32_on_cifar10(ptq_resnet20):
+    """The session's PTQ of the CIFAR-10 ResNet20 (conftest.ptq_resnet20: 500 calibration images)."""
     for target in ("tensorrt", "cpu"):
-        metrics = quantize_ptq(loaded, cifar10_small, tmp_path / target, target=target, calib_size=500)
+        _, metrics = ptq_resnet20[target]
         assert metrics["test_images"] == 1000
         assert metrics["fp32"]["top1"] > 30  # the fixture learned something
         assert metrics["agreement_top1"] > 95.0, (target, metrics["agreement_top1"])
