@@ -11,6 +11,7 @@ import torch
 from .. import progress
 from ..data import ImageDataset, Normalization, calibration_indices, normalize, to_tensor_images
 from ..errors import UserError
+from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT
 from . import calibration
 from .quantizer import Int8Scheme, make_quantizer, quantizable_layers, resolve_layer_names, scheme_for
 
@@ -54,7 +55,8 @@ def export_program(module: torch.nn.Module) -> torch.export.ExportedProgram:
     return torch.export.export(module, (example_input(),), dynamic_shapes=({0: batch_dim()},))
 
 
-def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False):
+def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False,
+                    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT):
     """The quantizer of ``scheme`` with the observers of ``method`` (fake-quantizers under QAT)."""
     if qat:
         from torchao.quantization.pt2e import FakeQuantize
@@ -64,7 +66,7 @@ def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_flo
     else:
         activation = calibration.activation_observer(method, scheme, percentile)
         weight = calibration.weight_observer()
-    return make_quantizer(scheme, activation, weight, keep_float)
+    return make_quantizer(scheme, activation, weight, keep_float, residual_conv_input)
 
 
 def calibration_batches(dataset: ImageDataset, size: int) -> np.ndarray:
