@@ -184,7 +184,8 @@ def int8_runner(artifact_dir: str | Path, checkpoint: str | Path | None = None, 
         from ..quantize import load_quantized
 
         quantized = load_quantized(artifact_dir, checkpoint)
-        artifact.update(target=quantized.target, method=quantized.method, checkpoint_sha256=quantized.checkpoint_sha256)
+        artifact.update(target=quantized.target, method=quantized.method, residual_conv_input=quantized.residual_conv_input,
+                        checkpoint_sha256=quantized.checkpoint_sha256)
         return quantized.int8_cpu_callable()
 
     return PyTorchRunner(loader=load, name="pytorch-int8-x86", precision="int8", device="cpu", threads=threads, artifact=artifact)

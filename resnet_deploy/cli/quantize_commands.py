@@ -13,7 +13,7 @@ from click.core import ParameterSource
 from . import logs
 from ..errors import UserError
 from ..overwrite_guard import checkpoint_differences, refuse_overwrite
-from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS, TARGETS
+from ..quantize_choices import DEFAULT_METHOD, DEFAULT_PERCENTILE, DEFAULT_RESIDUAL_CONV_INPUT, METHODS, RESIDUAL_CONV_INPUTS, TARGETS
 from ..run_names import check_run_name, quantize_run_name
 from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_empty_folders_left
 
@@ -32,6 +32,11 @@ from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_em
               help="Calibration images, taken deterministically from the TRAINING split (never test).")
 @click.option("--keep-float", default="", help="Comma-separated layers to keep in floating point: "
               "'first' (first conv), 'last' (last FC) or names such as layers.2.2.conv2.")
+@click.option("--residual-conv-input", type=click.Choice(RESIDUAL_CONV_INPUTS), default=DEFAULT_RESIDUAL_CONV_INPUT, show_default=True,
+              help="How each residual Add reads the convolution before it. int8: quantized (both Add inputs int8; ONNX Runtime "
+              "runs every conv as QLinearConv). float: left unquantized, only the shortcut input is; the ReLU after the Add "
+              "still quantizes the sum. float is what OpenVINO's CPU plugin computes exactly: it fuses the Add into the conv and "
+              "skips the rounding of a quantizer between them. ONNX Runtime then runs those convs in float.")
 @click.option("--bias-correction/--no-bias-correction", default=True, show_default=True,
               help="PTQ: re-centre every layer's output mean on the calibration images (float bias, free at inference).")
 @click.option("--output", "-o", type=click.Path(), help="Artifact directory [calibration/<run-name>].")
@@ -58,7 +63,7 @@ from .options import CHECKPOINT, dataset_options, echo_json, force_option, no_em
 @click.option("--max-float-layers", default=2, show_default=True, type=click.IntRange(min=0),
               help="Sensitivity: at most this many layers in the mixed-precision plan.")
 @force_option(what="the artifact directory")
-def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, bias_correction, output, run_name, eval_batch_size,
+def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep_float, residual_conv_input, bias_correction, output, run_name, eval_batch_size,
              qat, epochs, lr, batch_size, freeze_observers_epoch, freeze_bn_epoch, resume, device, sensitivity, sensitivity_mode,
              sensitivity_images, max_float_layers, force):
     """Quantize CHECKPOINT to int8 and measure it against FP32 on the full test split.
@@ -89,6 +94,9 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     _refuse_given(QAT_ONLY, unless=qat, why="only --qat (quantization-aware fine-tuning) reads {options}",
                   hint="add --qat, or drop {options}")
     _refuse_given(PTQ_ONLY, unless=not qat, why="{options}: QAT has no bias-correction pass", hint="drop {options} or --qat")
+    _refuse_given(("residual_conv_input",), unless=not sensitivity,
+                  why="{options}: --sensitivity ranks layers with the default placement (int8 residual inputs) only",
+                  hint="run the sensitivity analysis without {options}")
     _refuse_given(SENSITIVITY_ONLY, unless=sensitivity, why="only --sensitivity reads {options}", hint="add --sensitivity, or drop {options}")
     _refuse_given(("percentile",), unless=method == "percentile", why=f"{{options}} is read by --method percentile only, not {method}",
                   hint="add --method percentile, or drop {options}")
@@ -99,6 +107,7 @@ def quantize(checkpoint, load_data, target, method, percentile, calib_size, keep
     load_data.check()
     command = "resnet-deploy " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
     common = dict(target=target, method=method, calib_size=calib_size, keep_float=keep, percentile=percentile,
+                  residual_conv_input=residual_conv_input,
                   eval_batch_size=eval_batch_size, command=command)
     qat_options = dict(epochs=epochs, lr=lr, batch_size=batch_size, freeze_observers_epoch=freeze_observers_epoch,
                        freeze_bn_epoch=freeze_bn_epoch, resume=resume, device=device) if qat else None
@@ -205,6 +214,7 @@ def quantize_info(artifact, checkpoint):
             "method": manifest.get("method"),
             "calib_size": manifest.get("calib_size"),
             "keep_float": manifest.get("keep_float"),
+            "residual_conv_input": quantized.residual_conv_input,
             "qat": manifest.get("qat") is not None,
             "qparams": summarize_qparams(quantized.qparams),
             **_headline(quantized.metrics),

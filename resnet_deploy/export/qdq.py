@@ -77,12 +77,15 @@ def analyse_qdq(model_proto) -> dict:
         if zero_point is not None and np.any(zero_point != 0):
             nonzero_zero_points += 1
     convs = [n for n in model_proto.graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    consumers = _consumers(model_proto)
     quantized = 0
+    float_output = 0
     bias_off_grid = 0
     for node in convs:
         sources = [producers.get(name) for name in node.input[:2]]
         if all(src is not None and src.op_type == "DequantizeLinear" for src in sources):
             quantized += node.op_type == "Conv"
+            float_output += node.op_type == "Conv" and not _output_quantized(node, consumers)
             if node.op_type == "Conv" and len(node.input) > 2 and node.input[2] in values:
                 bias_off_grid += not bias_on_grid(values[node.input[2]], sources[0], sources[1], values)
     return {
@@ -94,8 +97,27 @@ def analyse_qdq(model_proto) -> dict:
         "int32_bias_dequantize": int32_dequantize,
         "convolutions": sum(1 for n in convs if n.op_type == "Conv"),
         "quantized_convolutions": quantized,
+        # e.g. a residual Add's conv input left in float (quantize --residual-conv-input float): ONNX
+        # Runtime fuses DQ -> Conv (-> Relu) -> Q into QLinearConv only, so it runs these in float
+        "quantized_convolutions_float_output": float_output,
         "conv_bias_off_int32_grid": bias_off_grid,
     }
+
+
+def _consumers(model_proto) -> dict[str, list]:
+    readers: dict[str, list] = {}
+    for node in model_proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def _output_quantized(node, consumers: dict[str, list]) -> bool:
+    """Does ``node``'s output (through a Relu) go only into QuantizeLinear?"""
+    readers = consumers.get(node.output[0], [])
+    if len(readers) == 1 and readers[0].op_type == "Relu":
+        readers = consumers.get(readers[0].output[0], [])
+    return bool(readers) and all(reader.op_type == "QuantizeLinear" for reader in readers)
 
 
 def bias_on_grid(bias: np.ndarray, activation_dq, weight_dq, values: dict) -> bool:

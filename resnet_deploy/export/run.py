@@ -214,6 +214,7 @@ def _export_int8(options: ExportOptions, quantized, loaded, manifest: dict, expo
         "artifact_dir": str(Path(quantized.artifact_dir).resolve()),
         "target": quantized.target,
         "checkpoint_sha256": quantized.checkpoint_sha256,
+        "residual_conv_input": quantized.residual_conv_input,
     }
     info = ExportInfo(
         quantized.spec.to_dict() if hasattr(quantized.spec, "to_dict") else dict(quantized.spec),
@@ -253,10 +254,11 @@ def _check_qdq_graph(path: Path, target: str) -> tuple[dict, dict, list[str]]:
     analysis = analyse_qdq(onnx.load(str(path)))
     problems = qdq_problems_of(analysis, target)
     kernels = ort_int8_kernels(path)
-    if target == "cpu" and kernels["qlinear_conv"] < analysis["quantized_convolutions"]:
+    fusable = analysis["quantized_convolutions"] - analysis["quantized_convolutions_float_output"]  # see analyse_qdq
+    if target == "cpu" and kernels["qlinear_conv"] < fusable:
         problems.append(
-            f"ONNX Runtime fused only {kernels['qlinear_conv']} of {analysis['quantized_convolutions']} quantized "
-            "convolutions into int8 QLinearConv kernels"
+            f"ONNX Runtime fused only {kernels['qlinear_conv']} of the {fusable} quantized convolutions with a quantized "
+            "output into int8 QLinearConv kernels"
         )
     log.info(
         f"  Q/DQ: {analysis['quantized_convolutions']}/{analysis['convolutions']} convolutions quantized; ONNX Runtime runs "

@@ -114,11 +114,17 @@ def _bias_findings(graph: OnnxGraph, program, onnx_node, op, act_dq, weight_dq) 
     return findings
 
 
-def _add_findings(graph: OnnxGraph, layer: Layer) -> list[str]:
+def _add_findings(graph: OnnxGraph, program: torch.fx.GraphModule, layer: Layer) -> list[str]:
     onnx_node = next(n for n in graph.nodes if n.name == layer.onnx_nodes[0])
+    float_inputs = [tensor for tensor in graph.computed_inputs(onnx_node) if graph.dequantize_of(tensor) is None]
+    add = _program_nodes(program)[layer.program_node]
+    program_quantized = sum(isinstance(arg, torch.fx.Node) and str(arg.target).startswith("quantized_decomposed.dequantize")
+                            for arg in add.args[:2])
+    if len(graph.computed_inputs(onnx_node)) - len(float_inputs) >= program_quantized:
+        return []  # the program leaves as many inputs in float (quantize --residual-conv-input float)
     return [f"its input {tensor} comes from {graph.op_of(tensor)}, not DequantizeLinear, while the int8 program quantizes "
             "it: a Q/DQ pair is missing in the ONNX on this residual input"
-            for tensor in graph.computed_inputs(onnx_node) if graph.dequantize_of(tensor) is None]
+            for tensor in float_inputs]
 
 
 def diagnose_divergence(graph: OnnxGraph, program: torch.fx.GraphModule, layer: Layer, other: str) -> str:
@@ -127,7 +133,7 @@ def diagnose_divergence(graph: OnnxGraph, program: torch.fx.GraphModule, layer: 
     if layer.kind in ("conv", "fc"):
         findings += _weighted_findings(graph, program, layer)
     elif layer.kind == "add":
-        findings += _add_findings(graph, layer)
+        findings += _add_findings(graph, program, layer)
     if findings:
         return "; ".join(findings)
     if layer.name == GRAPH_INPUT:

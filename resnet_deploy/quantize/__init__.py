@@ -10,12 +10,13 @@ Public API (other stages use only these names):
     load an artifact, checking file hashes (and the FP32 checkpoint's, when given).
 ``QuantizedModel``: ``.module`` (Q/DQ reference model, ONNX-exportable), ``.target``, ``.spec``,
     ``.normalization``, ``.classes``, ``.checkpoint_sha256``, ``.artifact_dir``, ``.metrics``,
-    ``.int8_cpu_callable()``.
+    ``.residual_conv_input``, ``.int8_cpu_callable()``.
 ``sensitivity_analysis(...)``: per-layer accuracy loss ranking and a mixed-precision plan.
 
 Targets: ``tensorrt`` (signed int8, symmetric, zero-point 0 everywhere) and ``cpu`` (U8S8: unsigned
 asymmetric activations, signed symmetric per-channel weights). Calibration methods: minmax, ema,
-percentile, entropy, mse (see :mod:`.calibration`).
+percentile, entropy, mse (see :mod:`.calibration`). Residual Add conv inputs (``residual_conv_input``): int8
+(default) or float (see :func:`.quantizer.annotate_graph`).
 """
 
 from .artifact import QuantizedModel, load_quantized
@@ -23,13 +24,16 @@ from .calibration import DEFAULT_METHOD, DEFAULT_PERCENTILE, METHODS
 from .ptq import DEFAULT_CALIB_SIZE, quantize_ptq, run_ptq
 from .qat import quantize_qat
 from .quantizer import TARGETS, scheme_for
+from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT, RESIDUAL_CONV_INPUTS
 from .sensitivity import sensitivity_analysis
 
 __all__ = [
     "DEFAULT_CALIB_SIZE",
     "DEFAULT_METHOD",
     "DEFAULT_PERCENTILE",
+    "DEFAULT_RESIDUAL_CONV_INPUT",
     "METHODS",
+    "RESIDUAL_CONV_INPUTS",
     "TARGETS",
     "QuantizedModel",
     "load_quantized",

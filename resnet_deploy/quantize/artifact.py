@@ -4,7 +4,7 @@ Layout of ``calibration/<run-name>/``:
 
 ``manifest.json``  format tag ``resnet-deploy/quantized``, version, the FP32 checkpoint's path and
                    sha256, model spec, normalization, classes, target, method, calibration size,
-                   layers kept in float, metrics (FP32 and int8 top-1 ...), torch/torchao versions,
+                   layers kept in float, residual_conv_input, metrics (FP32 and int8 top-1 ...), torch/torchao versions,
                    and the sha256 of ``program.pt2``. Written last: a directory without it is not an
                    artifact (an interrupted run).
 ``program.pt2``    the converted model (Q/DQ reference form) saved with ``torch.export.save``,
@@ -192,6 +192,12 @@ class QuantizedModel:
     def method(self) -> str:
         return self.manifest.get("method", "")
 
+    @property
+    def residual_conv_input(self) -> str:
+        """How each residual Add reads its convolution-side input (see ``quantizer.annotate_graph``);
+        manifests written before the option existed hold "int8" models."""
+        return residual_conv_input_of(self.manifest)
+
     def int8_cpu_callable(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """A CPU callable that runs real int8 kernels (see :mod:`.cpu_int8`); built once, then reused."""
         if self._cpu_callable is None:
@@ -199,6 +205,12 @@ class QuantizedModel:
 
             self._cpu_callable = lower_for_cpu(self.module, self.target)
         return self._cpu_callable
+
+
+def residual_conv_input_of(manifest: dict) -> str:
+    from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT
+
+    return manifest.get("residual_conv_input", DEFAULT_RESIDUAL_CONV_INPUT)
 
 
 def read_manifest(artifact_dir: str | os.PathLike) -> dict:
@@ -227,7 +239,7 @@ def _validate_manifest(manifest: dict, path: Path) -> None:
     """The fields loading and later stages read, checked for type, so a damaged or hand-edited manifest
     is refused naming the field instead of failing later with a traceback. The file names in ``files``
     must stay inside the artifact folder: the manifest must not make us hash or load other files."""
-    from ..quantize_choices import TARGETS
+    from ..quantize_choices import RESIDUAL_CONV_INPUTS, TARGETS
 
     fields = Fields(f"artifact manifest {path}", hint="re-create the artifact with resnet-deploy quantize")
     checkpoint = fields.dict(manifest, "checkpoint")
@@ -238,6 +250,7 @@ def _validate_manifest(manifest: dict, path: Path) -> None:
     fields.check(normalization_ok(manifest["normalization"]), "normalization", "{mean: 3 numbers, std: 3 positive numbers}")
     fields.check(manifest["target"] in TARGETS if isinstance(manifest["target"], str) else False, "target", f"one of {', '.join(TARGETS)}")
     fields.check(is_str_list(manifest.get("classes", [])), "classes", "a list of class names")
+    fields.check(residual_conv_input_of(manifest) in RESIDUAL_CONV_INPUTS, "residual_conv_input", f"one of {', '.join(RESIDUAL_CONV_INPUTS)}")
     for key in ("metrics", "versions", "dataset"):
         fields.check(isinstance(manifest.get(key, {}), dict), key, "an object")
     fields.check(manifest.get("qat") is None or isinstance(manifest["qat"], dict), "qat", "null or an object")

@@ -15,12 +15,13 @@ from ..checkpoint import LoadedModel, check_dataset_matches
 from ..data import ImageDataset, Normalization
 from ..evaluation import classification_metrics, predict_logits
 from ..fileio import ensure_writable_dir, remove_stale_temporaries
+from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT
 from . import calibration
 from .artifact import QuantizedModel, extract_qparams, register_quant_ops, save_artifact, summarize_qparams
 from .bias_correction import snap_biases_to_int32_grid
 from .calibration import calibration_batches, check_calib_size, run_calibration
 from .capture import capture, export_program
-from .quantizer import build_quantizer, resolve_keep_float, scheme_for
+from .quantizer import build_quantizer, check_residual_conv_input, resolve_keep_float, scheme_for
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ def ptq_convert(
     bias_correction: bool = False,
     bias_correction_mode: str = "sequential",
     calib_batch_size: int = 100,
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT,
 ) -> tuple[torch.fx.GraphModule, dict]:
     """The library core of PTQ: returns the converted model (Q/DQ reference form) and timings.
 
     ``keep_float`` holds resolved layer names (see ``quantizer.resolve_layer_names``);
-    ``bias_correction`` applies :mod:`.bias_correction` on the calibration images.
+    ``bias_correction`` applies :mod:`.bias_correction` on the calibration images;
+    ``residual_conv_input`` is the quantizer's (see :func:`.quantizer.annotate_graph`).
     """
     register_quant_ops(required=True)  # the install message when torchao is missing, before importing it
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -54,7 +57,8 @@ def ptq_convert(
     calibration.check_method(method, percentile)
     start = time.perf_counter()
     captured = capture(model)
-    prepared = prepare_pt2e(captured, build_quantizer(scheme, method, percentile, keep_float))
+    quantizer = build_quantizer(scheme, method, percentile, keep_float, residual_conv_input=residual_conv_input)
+    prepared = prepare_pt2e(captured, quantizer)
     prepare_seconds = time.perf_counter() - start
     observe_seconds = run_calibration(prepared, calibration_images, normalization, calib_batch_size)
     tic = time.perf_counter()
@@ -123,6 +127,7 @@ def quantize_ptq(
     eval_batch_size: int = 500,
     evaluate: bool = True,
     command: str | None = None,
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT,
 ) -> dict:
     """Post-training int8 quantization of ``loaded`` for ``target``; writes the artifact to
     ``output_dir`` (see :mod:`.artifact`) and returns its manifest's metrics.
@@ -134,7 +139,7 @@ def quantize_ptq(
     result = run_ptq(
         loaded, dataset, output_dir, target=target, method=method, calib_size=calib_size, keep_float=keep_float,
         percentile=percentile, bias_correction=bias_correction, eval_batch_size=eval_batch_size, evaluate=evaluate,
-        command=command,
+        command=command, residual_conv_input=residual_conv_input,
     )
     return result.metrics
 
@@ -179,14 +184,17 @@ def run_ptq(
     eval_batch_size: int = 500,
     evaluate: bool = True,
     command: str | None = None,
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT,
 ) -> QuantizedModel:
     """:func:`quantize_ptq`, returning the in-memory :class:`QuantizedModel` as well."""
     scheme, output_dir = check_run(loaded, dataset, output_dir, target, method, percentile, calib_size, needed_bytes=16 << 20)
+    check_residual_conv_input(residual_conv_input)
     keep = resolve_keep_float(loaded.model, keep_float)
     log.info(f"PTQ {loaded.spec.name} for {target}: {method} calibration on {calib_size} training images")
     converted, timings = ptq_convert(
         loaded.model, calibration_batches(dataset, calib_size), loaded.normalization,
         target=target, method=method, percentile=percentile, keep_float=keep, bias_correction=bias_correction,
+        residual_conv_input=residual_conv_input,
     )
     settings = {
         "method": method,
@@ -194,6 +202,7 @@ def run_ptq(
         "calib_size": calib_size,
         "calib_source": "training split, data.calibration_indices(seed=2016)",
         "keep_float": keep,
+        "residual_conv_input": residual_conv_input,
         "bias_correction": bias_correction,
         "qat": None,
     }

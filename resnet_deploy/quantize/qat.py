@@ -57,6 +57,7 @@ from ..loop import (
     sums_over_ranks,
     train_one_epoch,
 )
+from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT
 from ..signals import StopRequest
 from . import calibration
 from .artifact import register_quant_ops
@@ -64,7 +65,7 @@ from .bias_correction import snap_biases_to_int32_grid
 from .calibration import calibration_batches, run_calibration
 from .capture import capture_for_training
 from .ptq import DEFAULT_CALIB_SIZE, check_run, finish
-from .quantizer import build_quantizer, resolve_keep_float
+from .quantizer import build_quantizer, check_residual_conv_input, resolve_keep_float
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class QatConfig:
     percentile: float = calibration.DEFAULT_PERCENTILE
     calib_size: int = DEFAULT_CALIB_SIZE
     keep_float: tuple[str, ...] = ()
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT  # absent from older state files: their runs used int8
     epochs: int = 3
     lr: float = 1e-3
     momentum: float = 0.9
@@ -91,6 +93,7 @@ class QatConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        check_residual_conv_input(self.residual_conv_input)
         if self.epochs < 1:
             raise UserError(f"--epochs must be at least 1, got {self.epochs}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -130,6 +133,7 @@ def quantize_qat(
     command: str | None = None,
     device: str = "cpu",
     dist: DistributedContext | None = None,
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT,
 ) -> dict:
     """Quantization-aware fine-tuning of ``loaded`` for ``target`` on ``device`` (auto, cpu, cuda,
     cuda:N), as rank ``dist`` (one process by default); writes the same artifact as
@@ -143,7 +147,7 @@ def quantize_qat(
     target_device = dist.device_for(device)
     config = QatConfig(
         target=target, method=method, percentile=percentile, calib_size=calib_size,
-        keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), epochs=epochs, lr=lr,
+        keep_float=tuple(resolve_keep_float(loaded.model, keep_float)), residual_conv_input=residual_conv_input, epochs=epochs, lr=lr,
         weight_decay=weight_decay, batch_size=batch_size, freeze_observers_epoch=freeze_observers_epoch,
         freeze_bn_epoch=freeze_bn_epoch, seed=seed,
     )
@@ -244,7 +248,8 @@ def _prepared_model(loaded: LoadedModel, dataset: ImageDataset, scheme, config: 
 
     torch.manual_seed(config.seed)
     model = _fresh_fp32(loaded)
-    quantizer = build_quantizer(scheme, config.method, config.percentile, config.keep_float, qat=True)
+    quantizer = build_quantizer(scheme, config.method, config.percentile, config.keep_float, qat=True,
+                                residual_conv_input=config.residual_conv_input)
     prepared = prepare_qat_pt2e(capture_for_training(model), quantizer)
     calibration_seconds = 0.0
     if state is None:
@@ -327,6 +332,7 @@ def _convert_and_finish(
         "calib_size": config.calib_size,
         "calib_source": "training split, data.calibration_indices(seed=2016)",
         "keep_float": list(config.keep_float),
+        "residual_conv_input": config.residual_conv_input,
         "qat": {**config.to_dict(), "history": history, "train_images": len(dataset.train_images)},
     }
     result = finish(run.loaded, dataset, output_dir, converted, scheme, settings, timings, eval_batch_size, evaluate, command)

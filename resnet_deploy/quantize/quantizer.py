@@ -7,8 +7,14 @@ Where Q/DQ pairs go (TensorRT's explicit-quantization rules, which ONNX Runtime'
   into the int32 accumulator themselves);
 * nothing sits between a Conv, its BatchNorm and its ReLU (BN is folded into the conv for PTQ and
   trained folded for QAT), so the three fuse into one int8 kernel; the ReLU's output is quantized;
-* both inputs of every residual Add are quantized, so TensorRT fuses conv + add (+ ReLU) and ONNX
-  Runtime runs QLinearAdd; the ReLU after the Add quantizes the sum;
+* both inputs of every residual Add are quantized by default (``residual_conv_input="int8"``), so
+  ONNX Runtime runs every conv as QLinearConv and the Add as QLinearAdd; the ReLU after the Add
+  quantizes the sum. ``residual_conv_input="float"`` leaves the Add's convolution-side input
+  unquantized (the shortcut input stays quantized): OpenVINO's CPU plugin fuses that Add into the
+  convolution and, when a quantizer sits between them, skips its rounding (it still clips), so only
+  without that quantizer does OpenVINO compute the same model as PyTorch. It is also the placement
+  TensorRT's guide recommends for the conv + Add fusion (``inspect --lint``); ONNX Runtime then runs
+  each such conv in float (no QuantizeLinear after it to fuse into QLinearConv);
 * ops that only move values (the option-A shortcut's strided slice and zero pad, flatten) share the
   scale of their input, so the shortcut branch adds no rounding of its own;
 * layers named in ``keep_float`` keep float weights and inputs; their neighbours stay int8.
@@ -24,6 +30,7 @@ Schemes (``target``):
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -31,7 +38,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from ..errors import UserError
-from ..quantize_choices import TARGETS
+from ..quantize_choices import DEFAULT_RESIDUAL_CONV_INPUT, RESIDUAL_CONV_INPUTS, TARGETS
 from . import calibration
 from .capture import capture
 
@@ -147,7 +154,8 @@ def resolve_keep_float(model: torch.nn.Module, keep_float: Iterable[str]) -> lis
     return resolve_layer_names(keep_float, quantizable_layers(capture(model)))
 
 
-def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False):
+def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_float: Iterable[str], qat: bool = False,
+                    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT):
     """The quantizer of ``scheme`` with the observers of ``method`` (fake-quantizers under QAT)."""
     if qat:
         from torchao.quantization.pt2e import FakeQuantize
@@ -157,7 +165,7 @@ def build_quantizer(scheme: Int8Scheme, method: str, percentile: float, keep_flo
     else:
         activation = calibration.activation_observer(method, scheme, percentile)
         weight = calibration.weight_observer()
-    return make_quantizer(scheme, activation, weight, keep_float)
+    return make_quantizer(scheme, activation, weight, keep_float, residual_conv_input)
 
 
 def make_quantizer(
@@ -165,23 +173,31 @@ def make_quantizer(
     activation_observer,
     weight_observer,
     keep_float: Iterable[str] = (),
+    residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT,
 ):
     """A torchao ``Quantizer`` that places Q/DQ as the module docstring says."""
     from torchao.quantization.pt2e.quantizer import Quantizer
 
+    check_residual_conv_input(residual_conv_input)
     activation_spec = activation_quantization_spec(scheme, activation_observer)
     weight_spec = weight_quantization_spec(scheme, weight_observer)
     float_layers = frozenset(keep_float)
 
     class _Quantizer(Quantizer):
         def annotate(self, model: GraphModule) -> GraphModule:
-            annotate_graph(model.graph, activation_spec, weight_spec, float_layers)
+            annotate_graph(model.graph, activation_spec, weight_spec, float_layers, residual_conv_input)
             return model
 
         def validate(self, model: GraphModule) -> None:
             pass
 
     return _Quantizer()
+
+
+def check_residual_conv_input(value: str) -> str:
+    if value not in RESIDUAL_CONV_INPUTS:
+        raise UserError(f"--residual-conv-input must be one of {', '.join(RESIDUAL_CONV_INPUTS)}, got {value!r}")
+    return value
 
 
 def activation_quantization_spec(scheme: Int8Scheme, observer):
@@ -202,8 +218,10 @@ def _quantization_spec(dtype: torch.dtype, observer, value_range: tuple[int, int
                             **channel_axis)
 
 
-def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[str]) -> None:
-    """Mark every quantization point of ``graph`` (a captured model's) with its spec, in three passes."""
+def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[str],
+                   residual_conv_input: str = DEFAULT_RESIDUAL_CONV_INPUT) -> None:
+    """Mark every quantization point of ``graph`` (a captured model's) with its spec, in three passes;
+    ``residual_conv_input`` "float" leaves each residual Add's convolution-side input unquantized."""
     quantized_compute = {
         node for node in graph.nodes
         if node.op == "call_function" and node.target in CONV_OPS | LINEAR_OPS and layer_name(node) not in float_layers
@@ -217,19 +235,39 @@ def annotate_graph(graph, activation_spec, weight_spec, float_layers: frozenset[
     for node in graph.nodes:
         if node.op == "call_function" and node.target in RELU_OPS and _feeds_quantized(node, quantized_compute):
             _annotate(node, {}, activation_spec)
-    # 3. Residual adds: both inputs.
+    # 3. Residual adds: both inputs (or only the shortcut's).
     for node in graph.nodes:
         if node.op == "call_function" and node.target in ADD_OPS and is_tensor_add(node):
-            _annotate(node, _residual_add_inputs(node, activation_spec))
+            float_input = residual_conv_side(node) if residual_conv_input == "float" else None
+            _annotate(node, _residual_add_inputs(node, activation_spec, float_input))
 
 
-def _residual_add_inputs(node: Node, activation_spec) -> dict:
-    """The specs of an add's two inputs. An input reached through value-preserving ops from a quantized
-    tensor shares that tensor's scale (the option-A shortcut: slice + zero pad)."""
+def residual_conv_side(node: Node) -> Node | None:
+    """The input of residual Add ``node`` that a convolution computes (through its BatchNorm, when not
+    folded yet); with two (an option-B projection shortcut) the first, the block's own branch as the
+    models write it (``out + shortcut(x)``). None when neither input comes from a convolution."""
+    conv_inputs = [arg for arg in node.args[:2] if _computed_by_conv(arg)]
+    return conv_inputs[0] if conv_inputs else None
+
+
+def _computed_by_conv(node: Node) -> bool:
+    if node.op == "call_function" and node.target is operator.getitem:
+        node = node.args[0]  # BatchNorm ops that return (output, mean, var)
+    if node.op == "call_function" and node.target in BN_OPS:
+        node = node.args[0]
+    return node.op == "call_function" and node.target in CONV_OPS
+
+
+def _residual_add_inputs(node: Node, activation_spec, float_input: Node | None = None) -> dict:
+    """The specs of an add's two inputs, ``float_input`` left out (it stays unquantized). An input reached
+    through value-preserving ops from a quantized tensor shares that tensor's scale (the option-A
+    shortcut: slice + zero pad)."""
     from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec
 
     specs = {}
     for arg in node.args[:2]:
+        if arg is float_input:
+            continue
         origin = _value_preserving_origin(arg)
         shared = origin is not arg and _quantizes_output(origin)
         specs[arg] = SharedQuantizationSpec(origin) if shared else activation_spec
