@@ -16,6 +16,7 @@ from .errors import UserError
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 METADATA_PREFIX = "resnet_deploy."
+MODEL_PRECISIONS = ("fp32", "fp16", "int8")  # what an exported ONNX file or engine computes in
 
 
 def verify_onnx_file(path: str | os.PathLike, expected_input: str = INPUT_NAME, expected_output: str = OUTPUT_NAME):

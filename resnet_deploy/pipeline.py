@@ -242,7 +242,7 @@ def _export_stages(run: _PipelineRun, checkpoint: Path, int8_dirs: dict[str, Pat
     """exports/<name>/ (FP32, FP16, TensorRT-scheme int8, engines) and exports/<name>-cpu/ (CPU-scheme
     int8). Returns the export folders that hold a manifest, for the bench."""
     export_dirs: list[Path] = []
-    for target in ("tensorrt", "cpu"):
+    for target in TARGETS:
         if target == "cpu" and "cpu" not in int8_dirs:
             if _QUANTIZATION_KINDS[run.config.quantization]:
                 skip_stage(run.state, "export-cpu", "no CPU-scheme int8 artifact (--int8-targets without cpu)")

@@ -38,15 +38,16 @@ from torch import nn
 
 from ..errors import UserError, VerificationError
 from ..fileio import atomic_path, sha256_file
-from ..onnx_file import INPUT_NAME, METADATA_PREFIX, OUTPUT_NAME, read_metadata, verify_onnx_file  # noqa: F401 - re-exported
+from ..onnx_file import INPUT_NAME, METADATA_PREFIX, MODEL_PRECISIONS, OUTPUT_NAME, read_metadata, verify_onnx_file  # noqa: F401 - re-exported
+from ..quantize_choices import TARGETS
 
 # The lowest opset the torch.export-based exporter implements (it refuses to down-convert Pad to 17),
 # and one TensorRT 10 / TensorRT-RTX and ONNX Runtime >= 1.14 all read.
 DEFAULT_OPSET = 18
 MIN_OPSET = 18
 MAX_OPSET = 23
-PRECISIONS = ("fp32", "fp16", "int8")
-INT8_SCHEMES = ("tensorrt", "cpu")
+PRECISIONS = MODEL_PRECISIONS
+INT8_SCHEMES = TARGETS  # an int8 file carries the Q/DQ scheme of the quantize target it came from
 # Ops that only make sense while training, or that a folded inference graph must not contain.
 TRAINING_ONLY_OPS = frozenset({"BatchNormalization", "Dropout", "SoftmaxCrossEntropyLoss", "NegativeLogLikelihoodLoss"})
 # Example batch used to trace: 2, because torch.export specialises a dimension of size 1.

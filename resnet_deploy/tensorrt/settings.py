@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 
 from ..errors import UserError
+from ..onnx_file import MODEL_PRECISIONS
 
-ENGINE_PRECISIONS = ("fp32", "fp16", "int8")
+ENGINE_PRECISIONS = MODEL_PRECISIONS
 IMAGE_SHAPE = (3, 32, 32)
 
 
