@@ -75,6 +75,7 @@ def test_analysis_of_a_tensorrt_form_convolution():
         "int32_bias_dequantize": 0,
         "convolutions": 1,
         "quantized_convolutions": 1,
+        "quantized_convolutions_float_output": 1,  # its output is the graph's, no QuantizeLinear reads it
         "conv_bias_off_int32_grid": 0,
     }
 

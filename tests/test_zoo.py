@@ -13,6 +13,7 @@ import importlib.util
 import json
 import shlex
 import shutil
+import sys
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -256,6 +257,7 @@ def test_benchmark_scripts_refuse_an_unknown_pretrained_name_with_a_usage_error(
     import cpu_latency
     import inspect_timing
     import plain_vs_residual
+    import openvino_exactness
     import quantize_accuracy
 
     def argv_main(module):
@@ -270,6 +272,7 @@ def test_benchmark_scripts_refuse_an_unknown_pretrained_name_with_a_usage_error(
         "quantize_accuracy": (argv_main(quantize_accuracy), ["--checkpoint", "pretrained:no-such"]),
         "inspect_timing": (inspect_timing.parse_args, ["pretrained:no-such"]),
         "plain_vs_residual": (plain_vs_residual.main, ["--runs", "pretrained:no-such"]),
+        "openvino_exactness": (openvino_exactness.main, ["--checkpoint", "pretrained:no-such", "--data-dir", "unused"]),
     }
     for script, (parse, argv) in scripts.items():
         with pytest.raises(SystemExit) as exited:
