@@ -80,6 +80,15 @@ def test_analysis_of_a_tensorrt_form_convolution():
     }
 
 
+def test_a_convolution_whose_output_is_quantized_is_not_counted_as_float_output():
+    """--residual-conv-input float leaves convs with a float output (ONNX Runtime cannot fuse those into
+    QLinearConv); one whose output a QuantizeLinear reads is not one of them."""
+    analysis = analyse_qdq(_conv_graph(output_qdq=True))
+    assert analysis["quantized_convolutions"] == 1
+    assert analysis["quantized_convolutions_float_output"] == 0
+    assert analyse_qdq(_conv_graph())["quantized_convolutions_float_output"] == 1
+
+
 def test_scales_from_constant_nodes_and_default_zero_points_are_read():
     analysis = analyse_qdq(_conv_graph(scale_as_constant=True, bias_offset=0.3))
     assert analysis["conv_bias_off_int32_grid"] == 1  # the bias check found the scale in the Constant node
