@@ -17,16 +17,11 @@ from resnet_deploy.data.archive import _archive_members, _bounded_read, _folder_
 from resnet_deploy.data.cifar import _unpickle
 from resnet_deploy.errors import UserError
 
+from reliability_support import write_tar
+
 
 def _tar(path: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for info in extra:
-            tar.addfile(info)
-    return path
+    return write_tar(path, list(members.items()), extra, mode="w")
 
 
 def _read_all(archive: Path) -> dict[str, bytes]:
