@@ -38,7 +38,7 @@ from typing import Iterable
 import torch
 
 from ..checkpoint import LoadedModel
-from ..data import ImageDataset, to_tensor_images
+from ..data import ImageDataset
 from ..distributed import DistributedContext
 from ..errors import UserError
 from ..fileio import torch_load_safe, torch_save_atomic
